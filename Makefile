@@ -1,0 +1,25 @@
+# Two commands a new user needs: `make book` and `make test`. Both set up .venv on first use.
+SHELL := /bin/bash
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp holds a hash of pyproject.toml: the install is redone only when the dependencies changed.
+STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
+PROFILE ?= full
+export TPRUNE_DATA ?= $(abspath ../shared/data)
+
+.PHONY: venv test book site-check clean-book
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[book,dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+book: $(STAMP)
+	@echo "The book is not written yet (see issue 5)."; exit 1
