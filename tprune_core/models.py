@@ -1,0 +1,200 @@
+"""AST- and AudioMAE-style audio transformers on a stock timm VisionTransformer.
+
+Both families take a batch of normalized fbank features shaped ``(B, frames, mel)`` and lay it out as a one-channel
+image themselves, so the token order matches the official models:
+
+- ``ast``: image ``(B, 1, mel, frames)`` -> tokens frequency-major (index ``f * T' + t``); CLS and distillation token;
+  output ``(x[:, 0] + x[:, 1]) / 2`` after the final norm, then LayerNorm + Linear (AST's ``mlp_head``).
+- ``audiomae``: image ``(B, 1, frames, mel)`` -> tokens time-major (index ``t * F' + f``); a CLS token that attends
+  but is never read out; mean of the patch tokens -> ``fc_norm`` -> head.
+
+The only departures from timm's ``VisionTransformer`` are the input layout and AST's two-token pooling; blocks,
+attention and ``state_dict`` keys are timm's own, so pruning can patch them in place.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+from timm.models.vision_transformer import VisionTransformer
+
+from .errors import CheckpointError, ConfigError
+
+PATCH = 16
+FAMILIES = ("ast", "audiomae")
+SIZES = {  # name: (embed_dim, depth, num_heads)
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+
+
+class AudioViT(VisionTransformer):
+    """timm ViT fed with ``(B, frames, mel)`` fbank features; ``family`` fixes the layout and the pooling."""
+
+    family: str = "audiomae"
+
+    def to_image(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # already an image
+            return x
+        if x.dim() != 3:
+            raise ConfigError(f"model input: expected (batch, frames, mel) features, got shape {tuple(x.shape)}")
+        x = x.unsqueeze(1)
+        return x.transpose(2, 3) if self.family == "ast" else x
+
+    def forward_features(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        return super().forward_features(self.to_image(x), **kwargs)
+
+    def pool(self, x: torch.Tensor, pool_type=None) -> torch.Tensor:
+        if self.family == "ast":
+            return (x[:, 0] + x[:, 1]) / 2
+        if x.shape[1] == self.num_prefix_tokens:
+            # Pruning left no patch token (see pruning.intensity_range): the CLS output is all there is.
+            return x[:, 0]
+        return x[:, self.num_prefix_tokens:].mean(dim=1)
+
+
+def create_model(family: str, size: str, frames: int, num_classes: int, mel: int = 128, **kwargs) -> AudioViT:
+    """An AST- or AudioMAE-style ViT with 16x16 patches for a ``(mel, frames)`` fbank grid."""
+    if family not in FAMILIES:
+        raise ConfigError(f"family: expected one of {FAMILIES}, got {family!r}")
+    if size not in SIZES:
+        raise ConfigError(f"size: expected one of {tuple(SIZES)}, got {size!r}")
+    for name, value in (("frames", frames), ("mel", mel)):
+        if value <= 0 or value % PATCH:
+            raise ConfigError(f"{name}: expected a positive multiple of {PATCH}, got {value}")
+    dim, depth, heads = SIZES[size]
+    img_size = (mel, frames) if family == "ast" else (frames, mel)
+    common = dict(img_size=img_size, patch_size=PATCH, in_chans=1, num_classes=num_classes, embed_dim=dim,
+                  depth=depth, num_heads=heads, mlp_ratio=4.0, qkv_bias=True,
+                  norm_layer=partial(nn.LayerNorm, eps=1e-6), dynamic_img_size=False)
+    common.update(kwargs)
+    if family == "ast":
+        # The distillation token is timm's single register token: a second prefix token with its own position.
+        model = AudioViT(class_token=True, reg_tokens=1, global_pool="token", fc_norm=False, **common)
+        model.fc_norm = nn.LayerNorm(dim)  # AST's mlp_head[0]; default eps as in AST
+    else:
+        model = AudioViT(class_token=True, global_pool="avg", fc_norm=True, **common)
+    model.family = family
+    model.size_name = size
+    model.frames, model.mel = frames, mel
+    return model
+
+
+def patch_grid(model: AudioViT) -> tuple[int, int]:
+    """(rows, cols) of the token grid in the model's token order: AST (mel/16, frames/16), AudioMAE the transpose."""
+    return tuple(model.patch_embed.grid_size)
+
+
+def patch_pixels(model: AudioViT, x: torch.Tensor) -> torch.Tensor:
+    """The 16x16 input patch under every patch token: ``(B, n_patches, 256)`` in the model's token order."""
+    img = model.to_image(x)
+    b = img.shape[0]
+    patches = img.unfold(2, PATCH, PATCH).unfold(3, PATCH, PATCH)  # (B, 1, rows, cols, 16, 16)
+    return patches.reshape(b, -1, PATCH * PATCH)
+
+
+def patch_positions_tf(model: AudioViT) -> torch.Tensor:
+    """For every patch token (model order): its (time index, frequency index) on the fbank grid."""
+    rows, cols = patch_grid(model)
+    r, c = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    r, c = r.flatten(), c.flatten()
+    return torch.stack([c, r], 1) if model.family == "ast" else torch.stack([r, c], 1)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Official checkpoints. Neither can be downloaded here; the code maps their key layouts onto ours.
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def ast_checkpoint_filter(state: dict, model: AudioViT) -> dict:
+    """AST (``module.v.*``, ``module.mlp_head.*``) -> our keys; position embeddings centre-cropped in time."""
+    if any(k.startswith("module.") for k in state):
+        state = _strip(state, "module.")
+    out = {}
+    for k, v in state.items():
+        if k.startswith("v."):
+            k = k[2:]
+            k = "reg_token" if k == "dist_token" else k
+            if k.startswith("head") or k.startswith("head_dist"):
+                continue  # unused ImageNet heads of the DeiT backbone
+        elif k.startswith("mlp_head.0."):
+            k = "fc_norm." + k[len("mlp_head.0."):]
+        elif k.startswith("mlp_head.1."):
+            k = "head." + k[len("mlp_head.1."):]
+        out[k] = v
+    if "pos_embed" in out:
+        out["pos_embed"] = _crop_pos_embed(out["pos_embed"], model, mode="centre")
+    return out
+
+
+def audiomae_checkpoint_filter(state: dict, model: AudioViT) -> dict:
+    """AudioMAE fine-tuned (``model`` dict) -> our keys; position embeddings: the first T/16 time rows."""
+    state = state.get("model", state)
+    out = {k: v for k, v in state.items() if not k.startswith(("decoder", "mask_token"))}
+    if "pos_embed" in out:
+        out["pos_embed"] = _crop_pos_embed(out["pos_embed"], model, mode="first")
+    return out
+
+
+def _crop_pos_embed(pos: torch.Tensor, model: AudioViT, mode: str) -> torch.Tensor:
+    """Cut a checkpoint's position embeddings down to the model's (shorter) time axis."""
+    want = model.pos_embed.shape[1]
+    if pos.shape[1] == want:
+        return pos
+    p = model.num_prefix_tokens
+    rows, cols = patch_grid(model)
+    prefix, grid = pos[:, :p], pos[:, p:]
+    dim = pos.shape[-1]
+    if model.family == "ast":  # grid (mel/16, T_ckpt); time is the column axis
+        if grid.shape[1] % rows:
+            raise CheckpointError(f"pos_embed: {grid.shape[1]} patch positions do not tile {rows} frequency rows")
+        t_ckpt = grid.shape[1] // rows
+        if t_ckpt < cols:
+            raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {cols}")
+        start = (t_ckpt - cols) // 2 if mode == "centre" else 0
+        grid = grid.reshape(1, rows, t_ckpt, dim)[:, :, start:start + cols]
+    else:  # grid (T_ckpt, mel/16); time is the row axis
+        if grid.shape[1] % cols:
+            raise CheckpointError(f"pos_embed: {grid.shape[1]} patch positions do not tile {cols} frequency columns")
+        t_ckpt = grid.shape[1] // cols
+        if t_ckpt < rows:
+            raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {rows}")
+        start = (t_ckpt - rows) // 2 if mode == "centre" else 0
+        grid = grid.reshape(1, t_ckpt, cols, dim)[:, start:start + rows]
+    return torch.cat([prefix, grid.reshape(1, -1, dim)], dim=1)
+
+
+def load_official_checkpoint(model: AudioViT, checkpoint, strict: bool = True) -> AudioViT:
+    """Load an official AST or AudioMAE checkpoint (a path or a state dict) into ``model``.
+
+    Raises CheckpointError naming missing and unexpected keys and every mismatched shape.
+    """
+    source = str(checkpoint) if not isinstance(checkpoint, dict) else "state dict"
+    if not isinstance(checkpoint, dict):
+        try:
+            checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as exc:
+            raise CheckpointError(f"{source}: cannot read checkpoint ({exc})") from exc
+    filt = ast_checkpoint_filter if model.family == "ast" else audiomae_checkpoint_filter
+    state = filt(checkpoint, model)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    problems = []
+    if missing and strict:
+        problems.append(f"missing keys {missing}")
+    if unexpected and strict:
+        problems.append(f"unexpected keys {unexpected}")
+    if shapes:
+        problems.append("mismatched shapes: " + "; ".join(shapes))
+    if problems:
+        raise CheckpointError(f"{source} does not fit {model.family} "
+                              f"({model.embed_dim}-dim, {len(model.blocks)} blocks): " + " | ".join(problems))
+    model.load_state_dict(state, strict=strict)
+    return model

@@ -1,0 +1,375 @@
+"""Token pruning added to a stock timm ViT in place, by re-classing the model, its blocks and their attention.
+
+``apply_pruning(model, "topk", 0.5)`` makes every block in ``drop_loc`` keep only ``ceil(keep_rate * n)`` of its
+``n`` patch tokens, chosen after the attention residual and before the MLP; prefix tokens (CLS, AST's distillation
+token) always survive, so counts compound (256 -> 128 -> 64 -> 32). No parameter or buffer is added: the
+``state_dict`` is the same before, during and after. ``remove_pruning`` restores the original classes.
+
+Attention scores (what ``topk``, ``evit_fuse`` and ``adaptive`` rank by, and what ``record`` stores):
+- AST (``family == "ast"``): the CLS query row, averaged over heads;
+- AudioMAE: the attention each token receives, averaged over heads and over patch queries.
+Scores are computed only in blocks that need them. Elsewhere, and in scoring blocks of AST, the attention output
+itself comes from timm's own path (fused ``scaled_dot_product_attention`` unless ``attn.fused_attn`` is off); AST
+adds only the CLS row, AudioMAE needs the whole attention matrix for its column means and computes it explicitly.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+from .models import patch_pixels
+
+METHODS = ("topk", "random", "mean", "std", "evit_fuse", "tome", "intensity_range", "adaptive")
+SCORED = {"topk", "evit_fuse", "adaptive"}      # rank by attention
+PER_CLIP = {"intensity_range", "adaptive"}      # keep counts differ between clips: run clip by clip
+OPTIONS = {"random": {"seed"}, "intensity_range": {"keep_ranges", "lo", "hi"}, "adaptive": {"mass"}}
+FUSED_POSITION = -1                             # provenance of evit_fuse's extra token
+
+
+def kept_count(n: int, keep_rate: float) -> int:
+    """Patch tokens that survive one drop stage."""
+    # The epsilon keeps float noise from rounding up, e.g. 0.7 * 10 = 7.000000000000001 -> 7, not 8.
+    return min(n, max(1, math.ceil(keep_rate * n - 1e-9)))
+
+
+def tome_rounds(n: int, remove: int) -> list[tuple[int, int]]:
+    """Bipartite matching rounds ToMe needs to remove ``remove`` of ``n`` tokens: (n_src, n_dst) per round.
+
+    One round pairs every other token (src) with its most similar token of the rest (dst) and can merge at most
+    all src tokens, so keep rates below 0.5 take more than one round.
+    """
+    rounds = []
+    while remove > 0:
+        n_src, n_dst = (n + 1) // 2, n // 2
+        r = min(remove, n_src)
+        rounds.append((n_src, n_dst))
+        n, remove = n - r, remove - r
+    return rounds
+
+
+@dataclass
+class PruneRecord:
+    """What one or more forward passes did, per block and per clip (lists over clips, in call order).
+
+    ``scores[b][c]``: attention score of every non-prefix token entering block ``b`` (in current order; computed at
+    every block while recording). ``positions[b][c]``: the original patch index of those tokens (-1: evit's fused
+    token; tome: the position of the surviving destination token). ``kept[b][c]``: positions after the drop at
+    block ``b`` (only for drop blocks). ``tokens``: (clips, depth, 3) tokens entering attention, tokens entering
+    the MLP, and patch tokens removed at that block (merged, for tome).
+    """
+    scores: dict = field(default_factory=dict)
+    positions: dict = field(default_factory=dict)
+    kept: dict = field(default_factory=dict)
+    token_rows: list = field(default_factory=list)
+
+    def _add(self, table: dict, block: int, rows: torch.Tensor):
+        table.setdefault(block, []).extend(r for r in rows.detach().cpu())
+
+    @property
+    def tokens(self) -> torch.Tensor:
+        return torch.cat(self.token_rows) if self.token_rows else torch.empty(0, 0, 3, dtype=torch.long)
+
+
+class PruneState:
+    """Settings plus the per-forward bookkeeping shared by the patched model and its blocks."""
+
+    def __init__(self, model, method, keep_rate, drop_loc, options):
+        self.family = model.family
+        self.prefix = model.num_prefix_tokens
+        self.depth = len(model.blocks)
+        self.method, self.drop_loc, self.options = method, tuple(drop_loc), options
+        self.keep_rate = keep_rate
+        self.record: PruneRecord | None = None
+        self.calls = 0   # forward count, so seeded random choices differ between batches yet repeat across runs
+
+    # -- per forward ------------------------------------------------------------------------------------------
+    def begin(self, model, x):
+        pixels = patch_pixels(model, x) if self.method in ("mean", "std", "intensity_range") else None
+        b = x.shape[0]
+        n = model.patch_embed.num_patches
+        self.positions = torch.arange(n, device=x.device).expand(b, n)
+        self.stat = None
+        if pixels is not None:
+            self.stat = pixels.std(dim=-1) if self.method == "std" else pixels.mean(dim=-1)
+        self.sizes = torch.ones(b, n, device=x.device) if self.method == "tome" else None
+        self.fused = 0   # 1 once evit_fuse has made its extra token (it sits right after the prefix tokens)
+        self.counts = []
+
+    def special(self) -> int:
+        return self.prefix + self.fused
+
+    def may_drop(self, n_tokens: int) -> bool:
+        """False when a drop stage would keep every token anyway (keep rate 1.0): then it costs nothing."""
+        n = n_tokens - self.special()
+        return self.method in PER_CLIP or kept_count(n, self.keep_rate) < n
+
+    # -- the drop ---------------------------------------------------------------------------------------------
+    def select(self, block: int, x: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
+        """Drop patch tokens of ``x`` (B, N, D) after block ``block``'s attention. ``scores``: (B, N - prefix)."""
+        s = self.special()
+        n = x.shape[1] - s
+        if self.method == "tome":
+            return self._tome(x, n - kept_count(n, self.keep_rate))
+        patch_scores = scores[:, self.fused:] if scores is not None else None
+        if self.method == "intensity_range":
+            idx = self._in_range(self.stat[0]).nonzero()[:, 0][None]   # one clip at a time
+        else:
+            k = kept_count(n, self.keep_rate)
+            if self.method == "adaptive":
+                k = self._adaptive_count(patch_scores[0], k)             # one clip at a time
+            if k == n:
+                return x
+            rank = {"topk": patch_scores, "evit_fuse": patch_scores, "adaptive": patch_scores,
+                    "random": self._random(x.shape[0], n, block, x.device),
+                    "mean": self.stat, "std": self.stat}[self.method]
+            idx = rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+        kept = _gather(x[:, s:], idx)
+        head = x[:, :s]
+        if self.method == "evit_fuse" and idx.shape[1] < n:
+            head = torch.cat([x[:, :self.prefix], self._fuse(x, scores, idx)], dim=1)
+            self.fused = 1
+        self.positions = torch.gather(self.positions, 1, idx)
+        if self.stat is not None:
+            self.stat = torch.gather(self.stat, 1, idx)
+        return torch.cat([head, kept], dim=1)
+
+    def _in_range(self, stat: torch.Tensor) -> torch.Tensor:
+        o = self.options
+        ranges = o.get("keep_ranges") or [(o.get("lo", -math.inf), o.get("hi", math.inf))]
+        keep = torch.zeros_like(stat, dtype=torch.bool)
+        for lo, hi in ranges:
+            keep |= (stat >= lo) & (stat < hi)
+        return keep
+
+    def _adaptive_count(self, scores: torch.Tensor, cap: int) -> int:
+        """Fewest tokens whose share of the attention mass reaches ``mass``, never more than ``cap``."""
+        share = scores.sort(descending=True).values.cumsum(0) / scores.sum().clamp_min(1e-12)
+        k = int((share < self.options.get("mass", 0.9)).sum()) + 1
+        return min(k, cap)
+
+    def _random(self, b, n, block, device):
+        g = torch.Generator().manual_seed(int(self.options.get("seed", 0)) * 1000 + block * 7 + self.calls)
+        return torch.rand(b, n, generator=g).to(device)
+
+    def _fuse(self, x, scores, idx):
+        """EViT: one token = attention-weighted mean of the pruned tokens (and of the previous fused token)."""
+        s = self.special()
+        n = x.shape[1] - s
+        keep = torch.zeros(x.shape[0], n, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
+        pruned = torch.argsort(keep.to(torch.int8), dim=1, stable=True)[:, : n - idx.shape[1]]
+        members = _gather(x[:, s:], pruned)
+        weights = torch.gather(scores[:, self.fused:], 1, pruned)
+        if self.fused:  # the old fused token joins with its own score
+            members = torch.cat([x[:, self.prefix:s], members], dim=1)
+            weights = torch.cat([scores[:, :1], weights], dim=1)
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        return weights.unsqueeze(1) @ members   # (B, 1, D)
+
+    def _tome(self, x, remove):
+        """Token merging by bipartite soft matching on the patch tokens, size-weighted averages."""
+        s = self.special()
+        head, t = x[:, :s], x[:, s:]
+        for _ in tome_rounds(t.shape[1], remove):
+            r = min(remove, (t.shape[1] + 1) // 2)
+            metric = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            sim = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)          # (B, n_src, n_dst)
+            best, dst = sim.max(dim=-1)
+            order = best.argsort(dim=-1, descending=True)
+            merged, stay = order[:, :r], order[:, r:]
+            src_x, dst_x = t[:, ::2], t[:, 1::2]
+            src_sz, dst_sz = self.sizes[:, ::2], self.sizes[:, 1::2]
+            src_pos, dst_pos = self.positions[:, ::2], self.positions[:, 1::2]
+            m_dst = torch.gather(dst, 1, merged)
+            m_sz = torch.gather(src_sz, 1, merged)
+            # Size-weighted sums: each destination collects the merged sources, then divides by its new size.
+            new_x = (dst_x * dst_sz[..., None]).scatter_add(
+                1, m_dst[..., None].expand(-1, -1, t.shape[2]), _gather(src_x, merged) * m_sz[..., None])
+            new_sz = dst_sz.scatter_add(1, m_dst, m_sz)
+            new_x = new_x / new_sz[..., None]
+            t = torch.cat([_gather(src_x, stay), new_x], dim=1)
+            sizes = torch.cat([torch.gather(src_sz, 1, stay), new_sz], dim=1)
+            pos = torch.cat([torch.gather(src_pos, 1, stay), dst_pos], dim=1)
+            # Back to original patch order, so the next round's alternation pairs neighbours again.
+            order = pos.argsort(dim=1)
+            t, self.sizes, self.positions = _gather(t, order), torch.gather(sizes, 1, order), torch.gather(pos, 1, order)
+            remove -= r
+        return torch.cat([head, t], dim=1)
+
+
+def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx`` (B, k) of ``x`` (B, n, D): one indexed copy."""
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The re-classed modules. Each mixin sits in front of the module's own class, so everything else stays timm's.
+
+class _ScoringAttention:
+    def forward(self, x, attn_mask=None, is_causal=False, score_mode=None, query_start=1):
+        if score_mode is None:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if getattr(self, "gate", None) is not None or attn_mask is not None or is_causal:
+            raise ConfigError("pruning: gated or masked attention is not supported")
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        drop = self.attn_drop.p if self.training else 0.0
+        if score_mode == "cls" and self.fused_attn:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+            scores = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0].mean(dim=1)
+        else:
+            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            if score_mode == "cls":
+                scores = attn[:, :, 0].mean(dim=1)
+            else:  # attention received, averaged over heads and patch queries
+                scores = attn[:, :, query_start:].mean(dim=(1, 2))
+            out = self.attn_drop(attn) @ v
+        out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
+        return self.proj_drop(self.proj(out)), scores
+
+
+class _PrunedBlock:
+    def forward(self, x, attn_mask=None, is_causal=False):
+        st: PruneState = self._tprune
+        i = self._tprune_index
+        drops = i in st.drop_loc and st.may_drop(x.shape[1])
+        if not drops and st.record is None:
+            st.counts.append((x.shape[1], x.shape[1], 0))
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        scores = None
+        if st.record is not None or (drops and st.method in SCORED):
+            mode = "cls" if st.family == "ast" else "received"
+            y, scores = self.attn(self.norm1(x), score_mode=mode, query_start=st.special())
+            scores = scores[:, st.prefix:]
+        else:
+            y = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
+        x = x + self.drop_path1(self.ls1(y))
+        n_attn, n_patch = x.shape[1], x.shape[1] - st.special()
+        if st.record is not None:
+            st.record._add(st.record.scores, i, scores)
+            st.record._add(st.record.positions, i, _with_fused(st))
+        if drops:
+            x = st.select(i, x, scores)
+            if st.record is not None:
+                st.record._add(st.record.kept, i, _with_fused(st))
+        st.counts.append((n_attn, x.shape[1], n_patch - (x.shape[1] - st.special())))
+        return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+
+
+def _with_fused(st: PruneState) -> torch.Tensor:
+    if not st.fused:
+        return st.positions
+    fused = torch.full_like(st.positions[:, :1], FUSED_POSITION)
+    return torch.cat([fused, st.positions], dim=1)
+
+
+class _PrunedModel:
+    def forward(self, x, **kwargs):
+        st: PruneState = self._tprune
+        if st.method in PER_CLIP and x.shape[0] > 1:
+            outs, tokens, empty = [], [], 0
+            for i in range(x.shape[0]):
+                outs.append(self.forward(x[i:i + 1], **kwargs))
+                tokens.append(self.tprune_last["tokens"])
+                empty += self.tprune_last["n_empty"]
+            self.tprune_last = {"tokens": torch.cat(tokens), "n_empty": empty}
+            return torch.cat(outs)
+        out = super().forward(x, **kwargs)
+        tokens = torch.tensor(st.counts, dtype=torch.long).expand(x.shape[0], -1, -1).clone()
+        n_empty = int(x.shape[0]) if st.positions.shape[1] == 0 else 0
+        self.tprune_last = {"tokens": tokens, "n_empty": n_empty}
+        if st.record is not None:
+            st.record.token_rows.append(tokens)
+        st.calls += 1
+        return out
+
+    def forward_features(self, x, **kwargs):
+        self._tprune.begin(self, self.to_image(x))
+        return super().forward_features(x, **kwargs)
+
+
+_CLASSES: dict = {}
+
+
+def _reclass(obj, mixin):
+    base = type(obj)
+    key = (mixin, base)
+    if key not in _CLASSES:
+        _CLASSES[key] = type(f"Pruned{base.__name__}", (mixin, base), {})
+    obj._tprune_base = base
+    obj.__class__ = _CLASSES[key]
+
+
+def _check(model, method, keep_rate, drop_loc, options):
+    if method not in METHODS:
+        raise ConfigError(f"method: expected one of {METHODS}, got {method!r}")
+    if not 0.0 < float(keep_rate) <= 1.0:
+        raise ConfigError(f"keep_rate: expected a number in (0, 1], got {keep_rate!r}")
+    depth = len(model.blocks)
+    if not drop_loc or any(not 0 <= int(b) < depth for b in drop_loc) or len(set(drop_loc)) != len(drop_loc):
+        raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {tuple(drop_loc)}")
+    unknown = set(options) - OPTIONS.get(method, set())
+    if unknown:
+        raise ConfigError(f"{method}: unknown option(s) {sorted(unknown)}; "
+                          f"expected {sorted(OPTIONS.get(method, set())) or 'none'}")
+    if method == "adaptive" and not 0.0 < float(options.get("mass", 0.9)) <= 1.0:
+        raise ConfigError(f"adaptive: mass must be in (0, 1], got {options['mass']!r}")
+
+
+def apply_pruning(model, method: str = "topk", keep_rate: float = 0.5, drop_loc=(3, 6, 9), **options):
+    """Patch ``model`` (an ``AudioViT``) in place to prune tokens; returns the model. Re-applying replaces."""
+    drop_loc = tuple(sorted(int(b) for b in drop_loc))
+    _check(model, method, keep_rate, drop_loc, options)
+    if hasattr(model, "_tprune"):
+        remove_pruning(model)
+    state = PruneState(model, method, float(keep_rate), drop_loc, options)
+    model._tprune = state
+    _reclass(model, _PrunedModel)
+    for i, blk in enumerate(model.blocks):
+        blk._tprune, blk._tprune_index = state, i
+        _reclass(blk, _PrunedBlock)
+        _reclass(blk.attn, _ScoringAttention)
+    return model
+
+
+def remove_pruning(model):
+    """Undo ``apply_pruning``: original classes back, bookkeeping gone."""
+    if not hasattr(model, "_tprune"):
+        return model
+    for obj in [model, *model.blocks, *(blk.attn for blk in model.blocks)]:
+        if hasattr(obj, "_tprune_base"):
+            obj.__class__ = obj._tprune_base
+            del obj._tprune_base
+        for name in ("_tprune", "_tprune_index", "tprune_last"):
+            obj.__dict__.pop(name, None)
+    return model
+
+
+def set_keep_rate(model, keep_rate: float):
+    """Change the keep rate of a patched model (pruning-aware fine-tuning steps it every iteration)."""
+    if not hasattr(model, "_tprune"):
+        raise ConfigError("set_keep_rate: the model is not patched; call apply_pruning first")
+    _check(model, model._tprune.method, keep_rate, model._tprune.drop_loc, model._tprune.options)
+    model._tprune.keep_rate = float(keep_rate)
+
+
+@contextmanager
+def record(model):
+    """Record scores, provenance and token counts of every forward inside the block (patches with keep rate 1.0
+    and ``topk`` if the model is not patched yet, and unpatches afterwards)."""
+    patched_here = not hasattr(model, "_tprune")
+    if patched_here:
+        apply_pruning(model, "topk", 1.0)
+    rec = PruneRecord()
+    model._tprune.record = rec
+    try:
+        yield rec
+    finally:
+        model._tprune.record = None
+        if patched_here:
+            remove_pruning(model)
