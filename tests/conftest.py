@@ -1,0 +1,111 @@
+"""Shared fixtures: the real-data root (skip or fail when absent) and a private feature cache per test."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """$TPRUNE_DATA as a Path. Missing -> skip with the reason, or fail when TPRUNE_REQUIRE_REALDATA=1 (CI)."""
+    value = os.environ.get("TPRUNE_DATA")
+    path = None
+    if value:
+        path = Path(value).expanduser()
+        if not path.is_absolute() and not path.exists():
+            path = REPO / path
+    if path is not None and path.is_dir():
+        return path.resolve()
+    reason = (f"real audio not found: TPRUNE_DATA={value!r} is not a folder" if value
+              else "real audio not found: set TPRUNE_DATA to the data folder (e.g. ../shared/data)")
+    if os.environ.get("TPRUNE_REQUIRE_REALDATA") == "1":
+        pytest.fail(reason + " — TPRUNE_REQUIRE_REALDATA=1 forbids skipping real-data tests", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def tmp_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh, private TPRUNE_CACHE for one test."""
+    path = tmp_path / "cache"
+    monkeypatch.setenv("TPRUNE_CACHE", str(path))
+    return path
+
+
+# ------------------------------------------------------------------ tiny fake datasets in the official layouts
+
+def write_tone(path, seconds=0.1, sr=16000, freq=440.0, subtype=None):
+    import numpy as np
+    import soundfile as sf
+    t = np.arange(int(seconds * sr)) / sr
+    sf.write(str(path), 0.3 * np.sin(2 * np.pi * freq * t), sr, subtype=subtype)
+    return path
+
+
+def make_esc50(root: Path, per_fold=2) -> Path:
+    """ESC-50-master/audio/*.wav + meta/esc50.csv: 5 folds x per_fold clips, 2 classes, one source per clip."""
+    folder = root / "ESC-50-master"
+    (folder / "audio").mkdir(parents=True)
+    (folder / "meta").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for fold in range(1, 6):
+        for j in range(per_fold):
+            target, src = j % 2, f"{fold}{j:04d}"
+            name = f"{fold}-{src}-A-{target}.wav"
+            write_tone(folder / "audio" / name, freq=300 + 200 * target)
+            rows.append(f"{name},{fold},{target},{['dog', 'rain'][target]},False,{src},A")
+    (folder / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def make_us8k(root: Path, folds=(1, 2, 3), recordings=4, slices=3) -> Path:
+    """UrbanSound8K/audio/fold<k>/*.wav + metadata/UrbanSound8K.csv; fsIDs unique per fold, 2 classes."""
+    folder = root / "UrbanSound8K"
+    (folder / "metadata").mkdir(parents=True)
+    rows = ["slice_file_name,fsID,start,end,salience,fold,classID,class"]
+    for fold in folds:
+        (folder / "audio" / f"fold{fold}").mkdir(parents=True)
+        for r in range(recordings):
+            fsid, cid = 1000 * fold + r, r % 2
+            for s in range(slices):
+                name = f"{fsid}-{cid}-0-{s}.wav"
+                write_tone(folder / "audio" / f"fold{fold}" / name, freq=200 + 100 * cid + 10 * s)
+                rows.append(f"{name},{fsid},0,1,1,{fold},{cid},{['air_conditioner', 'car_horn'][cid]}")
+    (folder / "metadata" / "UrbanSound8K.csv").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+SC_WORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+
+
+def make_speechcommands(root: Path, official=True, speakers=12) -> Path:
+    """Official v0.02 layout (with 'bed' as an extra word, _background_noise_, lists) or the shared test copy."""
+    folder = root / ("speech_commands_v0.02" if official else "speechcommands-test-v0.02")
+    words = SC_WORDS + (["bed", "_background_noise_"] if official else ["_unknown_"])
+    spk = [f"{i:08x}" for i in range(0xA0, 0xA0 + speakers)]
+    for w in words:
+        (folder / w).mkdir(parents=True)
+        if w == "_background_noise_":
+            write_tone(folder / w / "white_noise.wav", seconds=0.5)
+            continue
+        for s in spk[: speakers // 2 if w == "_unknown_" else speakers]:
+            if official:
+                write_tone(folder / w / f"{s}_nohash_0.wav")
+            else:
+                name = f"bird_{s}_nohash_0.flac" if w == "_unknown_" else f"{s}_nohash_0.flac"
+                write_tone(folder / w / name)
+    if official:  # speakers 0-1 validation, 2-3 testing, the rest training
+        for fname, chosen in (("validation_list.txt", spk[:2]), ("testing_list.txt", spk[2:4])):
+            (folder / fname).write_text("".join(f"{w}/{s}_nohash_0.wav\n" for w in SC_WORDS + ["bed"] for s in chosen))
+    return folder
+
+
+@pytest.fixture
+def fake_esc50(tmp_path):
+    return make_esc50(tmp_path / "data")
+
+
+@pytest.fixture
+def fake_us8k(tmp_path):
+    return make_us8k(tmp_path / "data")

@@ -1,0 +1,72 @@
+"""`tprune data list|check|fetch|featurize` through tprune_core.cli.main, results on stdout."""
+import json
+import socket
+
+import pytest
+
+from tprune_core.cli import main
+from tprune_core.datasets import load_dataset
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.realdata
+def test_list_json_reports_the_shared_data(capsys, data_root, monkeypatch):
+    monkeypatch.setenv("TPRUNE_DATA", str(data_root))
+    code, out, _ = run(capsys, "data", "list", "--json")
+    assert code == 0
+    entries = {e["name"]: e for e in json.loads(out) if e["source"] == "real"}
+    assert entries["urbansound8k"]["clips"] == 1710 and entries["urbansound8k"]["classes"] == 10
+    assert entries["speechcommands"]["clips"] == 4482 and entries["speechcommands"]["classes"] == 11
+    for name in ("urbansound8k", "speechcommands"):
+        assert entries[name]["path"] and sum(entries[name]["splits"].values()) == entries[name]["clips"]
+    code, out, _ = run(capsys, "data", "list")
+    assert code == 0 and "1710 clips" in out and "4482 clips" in out
+
+
+def test_list_with_root(capsys, fake_esc50):
+    code, out, _ = run(capsys, "data", "list", "--json", "--root", str(fake_esc50.parent))
+    assert code == 0
+    entries = json.loads(out)
+    assert all({"name", "path", "clips", "classes"} <= set(e) for e in entries)
+    esc = next(e for e in entries if e["name"] == "esc50")
+    assert esc["clips"] == 10 and esc["classes"] == 2 and esc["path"] == str(fake_esc50)
+
+
+def test_list_unknown_folder_is_an_error(capsys, tmp_path):
+    (tmp_path / "stuff").mkdir()
+    code, out, err = run(capsys, "data", "list", "--root", str(tmp_path / "stuff"))
+    assert code == 2 and out == "" and str(tmp_path / "stuff") in err and "expected" in err
+
+
+def test_check_good_and_bad(capsys, fake_esc50):
+    code, out, _ = run(capsys, "data", "check", "esc50", "--root", str(fake_esc50))
+    assert code == 0 and "0 problem(s)" in out and "read 10 of 10 files" in out
+    bad = load_dataset("esc50", fake_esc50, "all")[4].path
+    open(bad, "wb").write(b"\x00garbage" * 20)
+    code, out, _ = run(capsys, "data", "check", "esc50", "--root", str(fake_esc50))
+    assert code == 1 and "1 problem(s)" in out and bad in out
+
+
+def test_featurize_with_skip_lists_the_skipped_file(capsys, tmp_cache, fake_esc50):
+    bad = load_dataset("esc50", fake_esc50, "test")[0].path
+    open(bad, "wb").write(b"")
+    code, _, err = run(capsys, "data", "featurize", "esc50", "--root", str(fake_esc50), "--split", "test",
+                       "--frames", "16")
+    assert code == 2 and bad in err and "empty file" in err
+    code, out, err = run(capsys, "data", "featurize", "esc50", "--root", str(fake_esc50), "--split", "test",
+                         "--frames", "16", "--on-error", "skip")
+    assert code == 0 and "1 skipped" in out and f"skipped: {bad}" in out and bad in err
+
+
+def test_fetch_unreachable_url_fails_cleanly(capsys, tmp_path):
+    with socket.socket() as s:  # a port on which nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out, err = run(capsys, "data", "fetch", "esc50", "--to", str(tmp_path / "d"),
+                         "--url", f"http://127.0.0.1:{port}/none.zip")
+    assert code == 2 and "download failed" in err and out == ""

@@ -1,0 +1,194 @@
+"""Featurize a dataset split once, keep it on disk, and hand out normalized `(N, frames, mel)` tensors.
+
+    fs = load_features("urbansound8k", "train", frames=400)   # fs.x (N, 400, 128) float32, fs.y, fs.ids, fs.norm
+
+On disk (float16, under `$TPRUNE_CACHE/features`, default `<repo>/.cache/tprune/features`) each file holds the
+*un-normalized* padded/cropped fbank of one split plus the sum and sum of squares of its clips' real (unpadded)
+frames. Its name carries a hash of everything that changes those numbers: dataset name, protocol, split, clip ids,
+labels, groups, each file's name, size and mtime (the generator version for synthetic data), sample rate, mel bins,
+frames, the fbank settings and CODE_VERSION. Normalization is applied when loading, from the training split's cached
+statistics (norm="train"), a published pair (a NORM_STATS name) or an explicit (mean, std), so changing it never
+returns stale numbers either.
+"""
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .datasets import REPO, ClipSet, load_dataset
+from .errors import AudioError, ConfigError, DatasetError, TpruneError
+from .features import FeatureConfig, fbank, normalize, pad_or_crop, resolve_norm
+
+CODE_VERSION = 1  # bump when featurization changes in a way the key does not see
+FBANK = dict(htk_compat=True, use_energy=False, window_type="hanning", dither=0.0, frame_shift=10, mean_removed=True)
+
+
+def cache_root() -> Path:
+    """`$TPRUNE_CACHE`, else `<repo>/.cache/tprune` in a checkout, else `~/.cache/tprune`."""
+    if os.environ.get("TPRUNE_CACHE"):
+        return Path(os.environ["TPRUNE_CACHE"]).expanduser()
+    if (REPO / "pyproject.toml").is_file():
+        return REPO / ".cache" / "tprune"
+    return Path.home() / ".cache" / "tprune"
+
+
+@dataclass
+class FeatureSet:
+    x: torch.Tensor                  # (N, frames, mel): normalized float32 (load_features) or raw float16 (featurize)
+    y: torch.Tensor                  # (N,) int64 labels
+    ids: list                        # clip ids, row-aligned with x
+    classes: list
+    norm: tuple | None               # (mean, std) applied to x; None for raw features
+    source: str                      # "real" or "synthetic"
+    dataset: str                     # ClipSet.describe() of the split
+    name: str = ""
+    split: str = ""
+    frames: int = 0
+    mel_bins: int = 128
+    sample_rate: int = 16000
+    lengths: torch.Tensor = None     # real fbank frames per clip before padding/cropping
+    stats: tuple = None              # (mean, std) of this split's own real frames
+    skipped: list = field(default_factory=list)  # (clip_id, path, problem) of files left out with on_error="skip"
+    path: Path | None = None         # the cache file
+    from_cache: bool = False
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _stats(total, sq, count):
+    mean = total / count
+    return mean, math.sqrt(max(sq / count - mean * mean, 0.0))
+
+
+def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int = 16000, on_error: str = "raise",
+              progress: bool = True) -> FeatureSet:
+    """Raw (un-normalized) float16 fbank grids of every clip in `clips`, from the disk cache or computed once."""
+    if on_error not in ("raise", "skip"):
+        raise ConfigError(f"on_error={on_error!r}: expected 'raise' or 'skip'")
+    FeatureConfig(frames=frames, mel_bins=mel_bins, sample_rate=sample_rate)  # validates the numbers
+    key = dict(version=CODE_VERSION, dataset=clips.name, source=clips.source, split=clips.split,
+               protocol=clips.protocol, files=clips.signature(), sample_rate=sample_rate, mel_bins=mel_bins,
+               frames=frames, fbank=FBANK)
+    digest = _digest(key)
+    path = cache_root() / "features" / f"{clips.name}-{clips.split}-{frames}x{mel_bins}-{digest[:20]}.pt"
+    data, hit = None, False
+    if path.is_file():
+        try:
+            data = torch.load(path, mmap=True, weights_only=True)
+            hit = data.get("digest") == digest
+        except Exception as exc:  # a damaged cache file is recomputed, not trusted
+            warnings.warn(f"{path}: unreadable feature cache ({exc}); featurizing again")
+    if not hit:
+        # One clip's fbank is far too small to split across threads: with several threads and a busy machine
+        # it ran 100x slower (spin-waiting workers), so featurize single-threaded and restore the setting.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            data = _compute(clips, frames, mel_bins, sample_rate, on_error, progress)
+        finally:
+            torch.set_num_threads(threads)
+        data["digest"] = digest
+        _save_atomic(data, path)
+    skipped = [tuple(s) for s in data["skipped"]]
+    if skipped:
+        if on_error == "raise":
+            cid, bad, problem = skipped[0]
+            raise AudioError(bad, f"{problem} (found by an earlier on_error='skip' run that left out {len(skipped)} "
+                                  f"files; fix them or pass on_error='skip')")
+        lines = "\n".join(f"  {p}: {msg}" for _, p, msg in skipped)
+        n = len(skipped) + len(data["ids"])
+        print(f"tprune: skipped {len(skipped)} of {n} files of {clips.describe()}:\n{lines}", file=sys.stderr)
+    return FeatureSet(x=data["x"], y=data["y"], ids=list(data["ids"]), classes=list(clips.classes), norm=None,
+                      source=clips.source, dataset=clips.describe(), name=clips.name, split=clips.split, frames=frames,
+                      mel_bins=mel_bins, sample_rate=sample_rate, lengths=data["lengths"],
+                      stats=_stats(*data["moments"]), skipped=skipped, path=path, from_cache=hit)
+
+
+def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
+    x = torch.empty(len(clips), frames, mel_bins, dtype=torch.float16)
+    keep, lengths, skipped = [], [], []
+    total = sq = count = 0.0
+    bar = tqdm(range(len(clips)), desc=f"featurizing {clips.name}/{clips.split}", unit="clip", file=sys.stderr,
+               disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 5.0)
+    for i in bar:
+        clip = clips[i]
+        try:
+            wave = clips.load(i, sample_rate)
+            if wave.numel() < sample_rate * 0.025:
+                raise AudioError(clip.path, f"{wave.numel()} samples at {sample_rate} Hz is shorter than one 25 ms "
+                                            f"fbank window; expected at least {int(sample_rate * 0.025)}")
+            fb = fbank(wave, sample_rate, mel_bins)
+        except TpruneError as exc:
+            if on_error == "raise":
+                raise
+            skipped.append((clip.clip_id, clip.path, getattr(exc, "problem", str(exc))))
+            continue
+        f64 = fb.double()
+        total, sq, count = total + f64.sum().item(), sq + (f64 * f64).sum().item(), count + f64.numel()
+        x[len(keep)] = pad_or_crop(fb, frames).half()
+        keep.append(i)
+        lengths.append(fb.shape[0])
+    if not keep:
+        raise DatasetError(f"{clips.describe()}: no clip could be featurized ({len(skipped)} failed)")
+    return dict(x=x[:len(keep)].clone(), y=torch.tensor([clips[i].label for i in keep], dtype=torch.int64),
+                ids=[clips[i].clip_id for i in keep], lengths=torch.tensor(lengths, dtype=torch.int32),
+                moments=(total, sq, count), skipped=skipped)
+
+
+def _save_atomic(obj, path: Path):
+    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_features(name, split: str, frames=None, root=None, mel_bins: int = 128, norm="train",
+                  on_error: str = "raise", sample_rate: int = 16000, progress: bool = True, **protocol) -> FeatureSet:
+    """Normalized float32 features of one split. `frames` is an int, None (a full clip, rounded up to a multiple
+    of 16) or a FeatureConfig (which then also gives sample_rate, mel_bins and norm). `norm`: "train" (mean/std of
+    this protocol's training split, cached with it), a NORM_STATS name, or a (mean, std) pair."""
+    if isinstance(frames, FeatureConfig):
+        cfg = frames
+        if (mel_bins, norm, sample_rate) != (128, "train", 16000):
+            raise ConfigError("load_features: pass mel_bins/norm/sample_rate inside the FeatureConfig, not beside it")
+        frames, mel_bins, norm, sample_rate = cfg.frames, cfg.mel_bins, cfg.norm, cfg.sample_rate
+    norm = resolve_norm(norm, allow_train=True)
+    clips = load_dataset(name, root, split, **protocol)
+    frames = clips.default_frames() if frames is None else frames
+    fs = featurize(clips, frames, mel_bins, sample_rate, on_error, progress)
+    if norm == "train":
+        if split == "train":
+            mean, std = fs.stats
+        else:
+            with warnings.catch_warnings():  # the default->synthetic warning was already given for this split
+                warnings.simplefilter("ignore")
+                train = load_dataset(name, root, "train", **protocol)
+            mean, std = featurize(train, frames, mel_bins, sample_rate, on_error, progress).stats
+    else:
+        mean, std = norm
+    fs.x = normalize(fs.x.float(), mean, std)
+    fs.norm = (mean, std)
+    return fs

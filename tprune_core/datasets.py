@@ -1,0 +1,651 @@
+"""The datasets of the field behind one interface: a `ClipSet` of labelled clips with a fixed, documented split.
+
+    load_dataset(name, root=None, split="train", **protocol) -> ClipSet      split: train | val | test | all
+
+Every split is disjoint by *group* — the unit whose clips must never be in two splits (UrbanSound8K: fold and
+source recording fsID; Speech Commands: speaker; ESC-50: fold and source file; synthetic: generating source).
+The builders assert it. Protocols (defaults in brackets):
+
+- urbansound8k: test = fold `test_fold` [the last fold present: 10]; train = the other folds, minus a validation
+  part of whole source recordings (fsID) holding `val_fraction` [0.15] of each class, chosen with `seed` [0].
+  The shared copy has folds 1 and 10: test_fold=10 trains on fold 1 and tests on fold 10, test_fold=1 the reverse.
+- speechcommands: official v0.02 layout -> the official validation_list.txt / testing_list.txt, train the rest.
+  The shared test-set copy -> speakers split `fractions` [(0.7, 0.15, 0.15)] of the clips into train/val/test with
+  `seed` [0]. Labels: yes no up down left right on off stop go + `_unknown_` (every other word); 11 classes.
+  `_background_noise_` (the benchmark's `_silence_` class) is not used.
+- esc50: test = fold `test_fold` [5], val = fold `val_fold` [4], train = the other three folds.
+- synthetic: generated in memory, deterministic per `seed` [0]; `flavour` "speech" (one short event on near-silence,
+  1 s clips) or "ambient" (dense 4 s scenes); 10 classes told apart by time-frequency structure. `per_class` [100]
+  sources each emit one clip of every class; sources are split 70/15/15 into train/val/test.
+- default / default:ambient / default:speech: urbansound8k / speechcommands when found, else synthetic
+  ambient / speech — with a `SyntheticDataWarning` and `source == "synthetic"` on the result, never silently.
+
+Data are found under `root` (the dataset folder or a folder holding it), else under `$TPRUNE_DATA`, as one of the
+folder names in FOLDERS (or any sub-folder whose layout matches).
+"""
+import csv
+import inspect
+import math
+import os
+import warnings
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError, DatasetError
+
+SPLITS = ("train", "val", "test", "all")
+AUDIO_EXT = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3"}
+REPO = Path(__file__).resolve().parents[1]
+FOLDERS = {  # folder names looked for under $TPRUNE_DATA (or a root that holds them)
+    "urbansound8k": ["urbansound8k", "UrbanSound8K"],
+    "speechcommands": ["speechcommands-test-v0.02", "speech_commands_v0.02", "speechcommands", "SpeechCommands"],
+    "esc50": ["ESC-50", "esc50", "ESC-50-master"],
+}
+LAYOUTS = {
+    "urbansound8k": ["official: audio/fold1..10/*.wav + metadata/UrbanSound8K.csv",
+                     "shared copy: audio/fold<k>/*.flac + metadata.csv"],
+    "speechcommands": ["official v0.02: <label>/*.wav + validation_list.txt + testing_list.txt",
+                       "shared test set: yes/ no/ up/ down/ left/ right/ on/ off/ stop/ go/ _unknown_/ "
+                       "with audio files"],
+    "esc50": ["official: audio/*.wav + meta/esc50.csv"],
+}
+KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+DEFAULTS = {"ambient": "urbansound8k", "speech": "speechcommands"}
+
+
+class SyntheticDataWarning(UserWarning):
+    """The default dataset fell back to synthetic audio because no real data was found."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    path: str      # file path, or "synthetic://<flavour>/seed<seed>/<k>"
+    label: int     # 0..C-1
+    clip_id: str   # unique within the dataset, stable across machines
+    group: str     # fsID / speaker / ESC source / synthetic source: never in two splits
+
+
+@dataclass
+class ClipSet:
+    name: str
+    split: str
+    root: str | None
+    classes: list
+    clips: list
+    protocol: dict
+    layout: str
+    source: str = "real"             # "real" or "synthetic"
+    seconds: float | None = None     # nominal clip length
+    note: str = ""                   # e.g. why synthetic data stands in for the default
+    _synth: object = field(default=None, repr=False)
+
+    def __len__(self):
+        return len(self.clips)
+
+    def __getitem__(self, i) -> Clip:
+        return self.clips[i]
+
+    def __iter__(self):
+        return iter(self.clips)
+
+    def load(self, i, sample_rate: int = 16000):
+        """Waveform of clip `i`: 1-D float32 torch tensor at `sample_rate` (raises AudioError for a bad file)."""
+        clip = self.clips[i]
+        if self._synth is not None:
+            import torch
+            import torchaudio.functional as AF
+            wave = torch.from_numpy(self._synth.render(clip))
+            return wave if sample_rate == SYNTH_RATE else AF.resample(wave, SYNTH_RATE, sample_rate)
+        from .audio import load_audio
+        return load_audio(clip.path, sample_rate)
+
+    def subset(self, indices) -> "ClipSet":
+        """The same dataset restricted to some clips (e.g. a quick test on a few real files)."""
+        clips = [self.clips[i] for i in indices]
+        return ClipSet(self.name, self.split, self.root, self.classes, clips, dict(self.protocol, subset=len(clips)),
+                       self.layout, self.source, self.seconds, self.note, self._synth)
+
+    def class_counts(self) -> dict:
+        n = Counter(c.label for c in self.clips)
+        return {name: n[i] for i, name in enumerate(self.classes)}
+
+    def default_frames(self) -> int:
+        """Frames of a full clip (10 ms hop, 25 ms window), rounded up to a multiple of 16 (the patch size)."""
+        frames = int((self.seconds - 0.025) / 0.010 + 1e-6) + 1
+        return 16 * math.ceil(frames / 16)
+
+    def signature(self) -> list:
+        """Everything about the clips that changes features: ids, labels, and each file's size and mtime."""
+        if self._synth is not None:
+            return [SYNTH_VERSION, [(c.clip_id, c.label, c.group) for c in self.clips]]
+        rows = []
+        for c in self.clips:
+            st = os.stat(c.path)
+            rows.append((c.clip_id, c.label, c.group, os.path.basename(c.path), st.st_size, st.st_mtime_ns))
+        return rows
+
+    def describe(self) -> str:
+        proto = ", ".join(f"{k}={v}" for k, v in self.protocol.items())
+        where = self.root if self.root else "generated in memory"
+        kind = "real audio" if self.source == "real" else "SYNTHETIC audio (generated, not real recordings)"
+        text = (f"{self.name} ({self.layout} layout, {where}) split '{self.split}' [{proto}]: "
+                f"{len(self.clips)} clips, {len(self.classes)} classes; {kind}")
+        return text + (f"; {self.note}" if self.note else "")
+
+
+# ---------------------------------------------------------------------------------------------- finding data
+
+def data_root() -> Path | None:
+    """`$TPRUNE_DATA` as a path (a relative value is tried from the working directory, then the repo root)."""
+    value = os.environ.get("TPRUNE_DATA")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_absolute() and not path.exists() and (REPO / path).exists():
+        path = REPO / path
+    return path.resolve()
+
+
+def _detect(name: str, folder: Path) -> str | None:
+    """The layout of `folder` for dataset `name` ("official" / "shared"), or None when it does not match."""
+    if name == "urbansound8k":
+        if (folder / "audio").is_dir() and any((folder / "audio").glob("fold*")):
+            if (folder / "metadata" / "UrbanSound8K.csv").is_file():
+                return "official"
+            if (folder / "metadata.csv").is_file():
+                return "shared"
+    elif name == "speechcommands":
+        if all((folder / k).is_dir() for k in KEYWORDS):
+            if (folder / "testing_list.txt").is_file() and (folder / "validation_list.txt").is_file():
+                return "official"
+            if (folder / "_unknown_").is_dir():
+                return "shared"
+    elif name == "esc50":
+        if (folder / "meta" / "esc50.csv").is_file() and (folder / "audio").is_dir():
+            return "official"
+    return None
+
+
+def _expected(names=None) -> str:
+    names = names or list(LAYOUTS)
+    return "; ".join(f"{n}: " + " | ".join(LAYOUTS[n]) for n in names)
+
+
+def detect_layout(folder) -> tuple[str, str]:
+    """(dataset name, layout) of a dataset folder; DatasetError naming the folder and the expected layouts."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder; expected a dataset folder ({_expected()})")
+    for name in LAYOUTS:
+        layout = _detect(name, folder)
+        if layout:
+            return name, layout
+    raise DatasetError(f"{folder}: matches no known dataset layout; expected {_expected()}")
+
+
+def _candidates(name: str, base: Path) -> list[Path]:
+    named = [base] + [base / f for f in FOLDERS[name]]
+    others = sorted(p for p in base.iterdir() if p.is_dir() and p not in named) if base.is_dir() else []
+    return named + others
+
+
+def locate(name: str, root=None) -> tuple[Path, str]:
+    """(folder, layout) of dataset `name`: `root` itself or a folder in it, else the same under $TPRUNE_DATA."""
+    base = Path(root).expanduser().resolve() if root is not None else data_root()
+    if base is None:
+        raise DatasetError(f"no {name} data: pass root=DIR or set TPRUNE_DATA to a folder holding one of "
+                           f"{FOLDERS[name]} (`tprune data fetch {name} --to DIR` downloads it where possible)")
+    what = f"root={base}" if root is not None else f"TPRUNE_DATA={base}"
+    if not base.is_dir():
+        raise DatasetError(f"{what}: no such folder; expected a folder holding one of {FOLDERS[name]}")
+    for folder in _candidates(name, base):
+        layout = _detect(name, folder)
+        if layout:
+            return folder, layout
+    raise DatasetError(f"{what}: no {name} data in this folder or its sub-folders (looked for {FOLDERS[name]}); "
+                       f"expected layout {_expected([name])}")
+
+
+# ---------------------------------------------------------------------------------------------- splitting
+
+def carve_by_group(clips: list, fraction: float, seed: int) -> tuple[list, list]:
+    """Split clips into (kept, held-out) by whole groups, the held-out part holding about `fraction` of each
+    class's clips (a group counts under its most common label). Deterministic for a seed."""
+    rng = np.random.default_rng(seed)
+    by_group = defaultdict(list)
+    for c in clips:
+        by_group[c.group].append(c)
+    label_of = {g: Counter(c.label for c in cs).most_common(1)[0][0] for g, cs in by_group.items()}
+    held = set()
+    for label in sorted(set(label_of.values())):
+        groups = sorted(g for g in by_group if label_of[g] == label)
+        target, taken = fraction * sum(len(by_group[g]) for g in groups), 0
+        for i in rng.permutation(len(groups)):
+            size = len(by_group[groups[i]])
+            if abs(taken + size - target) < abs(taken - target):  # only take groups that bring us closer
+                held.add(groups[i])
+                taken += size
+    if fraction > 0 and not held and len(by_group) > 1:  # tiny data: hold out one group rather than none
+        groups = sorted(by_group, key=lambda g: (len(by_group[g]), g))
+        held.add(groups[0])
+    return [c for c in clips if c.group not in held], [c for c in clips if c.group in held]
+
+
+def split_by_group(clips: list, fractions, seed: int) -> dict:
+    """train/val/test by whole groups in a seeded random order, cut where the clip counts reach `fractions`."""
+    by_group = defaultdict(list)
+    for c in clips:
+        by_group[c.group].append(c)
+    groups = sorted(by_group)
+    bounds = np.cumsum(fractions) / np.sum(fractions) * len(clips)
+    out, seen = {"train": [], "val": [], "test": []}, 0
+    for i in np.random.default_rng(seed).permutation(len(groups)):
+        part = "train" if seen < bounds[0] else "val" if seen < bounds[1] else "test"
+        out[part] += by_group[groups[i]]
+        seen += len(by_group[groups[i]])
+    return out
+
+
+def _assert_disjoint(name: str, splits: dict, key=lambda c: c.group, what="group"):
+    parts = [p for p in ("train", "val", "test") if p in splits]
+    for i, a in enumerate(parts):
+        for b in parts[i + 1:]:
+            shared = {key(c) for c in splits[a]} & {key(c) for c in splits[b]}
+            if shared:  # a real check, not `assert`: it must survive python -O
+                raise DatasetError(f"{name}: {what}s {sorted(shared)[:5]} are in both '{a}' and '{b}'; "
+                                   f"splits must be disjoint by {what}")
+    ids = [c.clip_id for p in parts for c in splits[p]]
+    if len(ids) != len(set(ids)):
+        raise DatasetError(f"{name}: a clip id is in two splits")
+
+
+def _find_audio(path: Path) -> Path | None:
+    """`path`, or the same name with another audio extension (the shared copies are FLAC, official WAV)."""
+    if path.is_file():
+        return path
+    for ext in AUDIO_EXT:
+        other = path.with_suffix(ext)
+        if other.is_file():
+            return other
+    return None
+
+
+def _read_csv(path: Path, columns: set) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = columns - set(rows[0] if rows else ())
+    if missing:
+        raise DatasetError(f"{path}: missing columns {sorted(missing)}; expected at least {sorted(columns)}")
+    return rows
+
+
+def _classes_from(rows, id_col, name_col, path) -> list:
+    names = {}
+    for r in rows:
+        names.setdefault(int(r[id_col]), r[name_col])
+    if sorted(names) != list(range(len(names))):
+        raise DatasetError(f"{path}: class ids {sorted(names)} are not 0..{len(names) - 1}")
+    return [names[i] for i in range(len(names))]
+
+
+def _missing_error(folder, listing, missing):
+    return DatasetError(f"{folder}: {len(missing)} files listed in {listing} are missing, "
+                        f"e.g. {[str(m) for m in missing[:3]]}")
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+
+def _urbansound8k(folder: Path, layout: str, test_fold=None, val_fraction=0.15, seed=0):
+    meta = folder / "metadata" / "UrbanSound8K.csv" if layout == "official" else folder / "metadata.csv"
+    rows = _read_csv(meta, {"slice_file_name", "fsID", "fold", "classID", "class"})
+    classes = _classes_from(rows, "classID", "class", meta)
+    present = sorted(int(p.name[4:]) for p in (folder / "audio").glob("fold*") if p.is_dir() and p.name[4:].isdigit())
+    by_fold, missing, listed = defaultdict(list), [], set()
+    for r in rows:
+        k = int(r["fold"])
+        if k not in present:
+            continue  # a fold that is not here (the shared copy holds folds 1 and 10)
+        path = _find_audio(folder / "audio" / f"fold{k}" / r["slice_file_name"])
+        if path is None:
+            missing.append(folder / "audio" / f"fold{k}" / r["slice_file_name"])
+            continue
+        listed.add(path.name)
+        by_fold[k].append(Clip(str(path), int(r["classID"]), f"fold{k}/{Path(r['slice_file_name']).stem}", r["fsID"]))
+    if missing:
+        raise _missing_error(folder, meta, missing)
+    unlisted = [p for k in present for p in (folder / "audio" / f"fold{k}").iterdir()
+                if p.suffix.lower() in AUDIO_EXT and p.name not in listed]
+    if unlisted:
+        warnings.warn(f"{folder}: {len(unlisted)} audio files are not in {meta.name} and are not used, "
+                      f"e.g. {[str(p) for p in unlisted[:3]]}")
+    if len(by_fold) < 2:
+        raise DatasetError(f"{folder}: UrbanSound8K needs at least two folds with clips to split fold-wise; "
+                           f"found {sorted(by_fold)}")
+    folds = sorted(by_fold)
+    test_fold = folds[-1] if test_fold is None else int(test_fold)
+    if test_fold not in by_fold:
+        raise ConfigError(f"test_fold={test_fold}: expected one of the folds present in {folder}: {folds}")
+    pool = [c for k in folds if k != test_fold for c in by_fold[k]]
+    train, val = carve_by_group(pool, val_fraction, seed)
+    splits = {"train": train, "val": val, "test": by_fold[test_fold]}
+    _assert_disjoint("urbansound8k", splits)
+    _assert_disjoint("urbansound8k", dict(train=train + val, test=splits["test"]),
+                     key=lambda c: c.clip_id.split("/")[0], what="fold")
+    protocol = dict(test_fold=test_fold, train_folds=[k for k in folds if k != test_fold],
+                    val_fraction=val_fraction, seed=seed)
+    return classes, splits, protocol, 4.0
+
+
+def _speaker(stem: str) -> str:
+    """Speaker hash of `<hash>_nohash_<n>` (official) or `<word>_<hash>_nohash_<n>` (shared `_unknown_`)."""
+    head = stem.split("_nohash_")[0]
+    return head.rsplit("_", 1)[-1]
+
+
+def _speechcommands(folder: Path, layout: str, fractions=None, seed=None):
+    classes = KEYWORDS + ["_unknown_"]
+    clips = []
+    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if d.name.startswith("_") and d.name != "_unknown_":
+            continue  # _background_noise_: the `_silence_` class, not part of this 11-class task
+        label = classes.index(d.name) if d.name in classes else len(KEYWORDS)
+        for f in sorted(d.iterdir()):
+            if f.suffix.lower() in AUDIO_EXT:
+                clips.append(Clip(str(f), label, f"{d.name}/{f.stem}", _speaker(f.stem)))
+    if not clips:
+        raise DatasetError(f"{folder}: no audio files in the label folders; expected {_expected(['speechcommands'])}")
+    if layout == "official":
+        if fractions is not None or seed is not None:
+            raise ConfigError(f"fractions={fractions}, seed={seed}: the official Speech Commands layout in {folder} "
+                              f"uses its own "
+                              f"validation_list.txt/testing_list.txt; these parameters apply to the shared copy only")
+        lists = {}
+        for part, fname in (("val", "validation_list.txt"), ("test", "testing_list.txt")):
+            lists[part] = {str(Path(line.strip()).with_suffix("")) for line in open(folder / fname) if line.strip()}
+        splits = {"train": [], "val": [], "test": []}
+        for c in clips:
+            splits["val" if c.clip_id in lists["val"] else "test" if c.clip_id in lists["test"] else "train"].append(c)
+        protocol = dict(split="official validation/testing lists")
+    else:
+        fractions = tuple(float(f) for f in (fractions or (0.7, 0.15, 0.15)))
+        seed = 0 if seed is None else seed
+        if len(fractions) != 3 or min(fractions) < 0 or sum(fractions) <= 0:
+            raise ConfigError(f"fractions={fractions}: expected three non-negative numbers (train, val, test)")
+        splits = split_by_group(clips, fractions, seed)
+        protocol = dict(split="by speaker", fractions=list(fractions), seed=seed)
+    _assert_disjoint("speechcommands", splits, what="speaker")
+    return classes, splits, protocol, 1.0
+
+
+def _esc50(folder: Path, layout: str, test_fold=5, val_fold=4):
+    meta = folder / "meta" / "esc50.csv"
+    rows = _read_csv(meta, {"filename", "fold", "target", "category", "src_file"})
+    classes = _classes_from(rows, "target", "category", meta)
+    folds = sorted({int(r["fold"]) for r in rows})
+    for pname, value in (("test_fold", test_fold), ("val_fold", val_fold)):
+        if value not in folds:
+            raise ConfigError(f"{pname}={value}: expected one of the ESC-50 folds {folds}")
+    if test_fold == val_fold:
+        raise ConfigError(f"val_fold={val_fold}: must differ from test_fold={test_fold}")
+    splits, missing = {"train": [], "val": [], "test": []}, []
+    for r in rows:
+        path = _find_audio(folder / "audio" / r["filename"])
+        if path is None:
+            missing.append(folder / "audio" / r["filename"])
+            continue
+        k = int(r["fold"])
+        part = "test" if k == test_fold else "val" if k == val_fold else "train"
+        splits[part].append(Clip(str(path), int(r["target"]), Path(r["filename"]).stem, r["src_file"]))
+    if missing:
+        raise _missing_error(folder, meta, missing)
+    _assert_disjoint("esc50", splits, what="source file")
+    protocol = dict(test_fold=test_fold, val_fold=val_fold,
+                    train_folds=[k for k in folds if k not in (test_fold, val_fold)])
+    return classes, splits, protocol, 5.0
+
+
+BUILDERS = {"urbansound8k": _urbansound8k, "speechcommands": _speechcommands, "esc50": _esc50}
+
+
+def _build(name, folder, layout, split, protocol) -> ClipSet:
+    builder = BUILDERS[name]
+    allowed = [k for k in inspect.signature(builder).parameters if k not in ("folder", "layout")]
+    unknown = [k for k in protocol if k not in allowed]
+    if unknown:
+        raise ConfigError(f"{name}: unknown protocol parameter(s) {unknown}; expected some of {allowed}")
+    classes, splits, proto, seconds = builder(folder, layout, **protocol)
+    empty = [p for p in ("train", "val", "test") if not splits[p]]
+    if empty:
+        raise DatasetError(f"{folder}: the {name} protocol {proto} leaves split(s) {empty} empty; "
+                           f"expected clips in train, val and test")
+    clips = [c for p in ("train", "val", "test") for c in splits[p]] if split == "all" else splits[split]
+    return ClipSet(name, split, str(folder), classes, clips, proto, layout, "real", seconds)
+
+
+def load_dataset(name: str, root=None, split: str = "train", **protocol) -> ClipSet:
+    """Clips of one split of a dataset; see the module docstring for names, layouts and protocols."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}: expected one of {SPLITS}")
+    if name == "default" or name.startswith("default:"):
+        return _load_default(name, root, split, protocol)
+    if name == "synthetic":
+        return synthetic(split, **protocol)
+    if name not in BUILDERS:
+        raise ConfigError(f"dataset {name!r}: expected one of {sorted(BUILDERS) + ['synthetic', 'default']}")
+    folder, layout = locate(name, root)
+    return _build(name, folder, layout, split, protocol)
+
+
+def _load_default(name, root, split, protocol) -> ClipSet:
+    flavour = name.partition(":")[2] or "ambient"
+    if flavour not in DEFAULTS:
+        raise ConfigError(f"dataset {name!r}: expected 'default', 'default:ambient' or 'default:speech'")
+    real = DEFAULTS[flavour]
+    try:
+        folder, layout = locate(real, root)
+    except DatasetError as exc:
+        accepted = inspect.signature(synthetic).parameters
+        ignored = {k: v for k, v in protocol.items() if k not in accepted}
+        note = f"no real {real} data found ({exc}); the SYNTHETIC '{flavour}' dataset stands in for it"
+        if ignored:
+            note += f"; ignored parameters {ignored}"
+        warnings.warn(note, SyntheticDataWarning, stacklevel=3)
+        protocol = {k: v for k, v in protocol.items() if k in accepted and k != "flavour"}
+        cs = synthetic(split, flavour=flavour, **protocol)
+        cs.note = note
+        return cs
+    return _build(real, folder, layout, split, protocol)
+
+
+def find_datasets(root=None) -> list[dict]:
+    """Every known dataset with where it was found (or not), its clips, classes and default split sizes."""
+    base = Path(root).expanduser().resolve() if root is not None else data_root()
+    if root is not None and not base.is_dir():
+        raise DatasetError(f"root={base}: no such folder; expected a folder holding datasets ({_expected()})")
+    out = []
+    for name in BUILDERS:
+        entry = dict(name=name, path=None, found=False, source="real", layout=None, clips=0, classes=0)
+        try:
+            folder, layout = locate(name, base) if base is not None else locate(name)
+            sets = {s: _build(name, folder, layout, s, {}) for s in ("train", "val", "test")}
+        except DatasetError as exc:
+            entry["problem"] = str(exc)
+        else:
+            allc = [c for s in sets.values() for c in s.clips]
+            entry.update(path=str(folder), found=True, layout=layout, clips=len(allc),
+                         classes=len(sets["test"].classes), class_names=sets["test"].classes, splits={s: len(v) for s, v in sets.items()},
+                         protocol=sets["test"].protocol, seconds=sets["test"].seconds)
+        out.append(entry)
+    if root is not None and not any(e["found"] for e in out):
+        raise DatasetError(f"root={base}: no known dataset in this folder or its sub-folders; expected {_expected()}")
+    for flavour in SYNTH_FLAVOURS:
+        sets = {s: synthetic(s, flavour=flavour) for s in ("train", "val", "test")}
+        out.append(dict(name="synthetic", flavour=flavour, path=f"synthetic://{flavour}", found=True,
+                        source="synthetic", layout="generated", clips=sum(len(v) for v in sets.values()),
+                        classes=len(sets["test"].classes), class_names=sets["test"].classes,
+                        splits={s: len(v) for s, v in sets.items()}, protocol=sets["test"].protocol,
+                        seconds=sets["test"].seconds))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+
+SYNTH_RATE = 16000
+SYNTH_VERSION = 1  # bump when the generator changes: it is part of the feature-cache key
+SYNTH_FLAVOURS = {"speech": 1.0, "ambient": 4.0}  # flavour -> default clip length in seconds
+SYNTH_CLASSES = {
+    "speech": ["rise", "fall", "steady", "double_burst", "three_pips", "low_noise", "high_noise", "vibrato",
+               "tremolo", "dyad"],
+    "ambient": ["hum", "clicks", "siren", "barks", "rain", "wind", "birds", "melody", "engine", "alarm"],
+}
+
+
+def synthetic(split: str = "train", flavour: str = "speech", seed: int = 0, per_class: int = 100,
+              seconds: float | None = None) -> ClipSet:
+    """Deterministic synthetic dataset: `per_class` sources each emit one clip of each of the 10 classes;
+    sources are split 70/15/15 (train/val/test; at least one source each) in a seeded order."""
+    if split not in SPLITS:
+        raise ConfigError(f"split={split!r}: expected one of {SPLITS}")
+    if flavour not in SYNTH_FLAVOURS:
+        raise ConfigError(f"flavour={flavour!r}: expected one of {sorted(SYNTH_FLAVOURS)}")
+    if int(per_class) < 3:
+        raise ConfigError(f"per_class={per_class}: expected at least 3 (one source per split)")
+    seconds = float(seconds or SYNTH_FLAVOURS[flavour])
+    if seconds < 0.1:
+        raise ConfigError(f"seconds={seconds}: expected at least 0.1")
+    classes = SYNTH_CLASSES[flavour]
+    clips = [Clip(f"synthetic://{flavour}/seed{seed}/{k}", k % 10, f"{flavour}-{k}", f"src{k // 10}")
+             for k in range(int(per_class) * 10)]
+    order = np.random.default_rng(seed).permutation(int(per_class))  # sources 70/15/15, at least one per split
+    n_held = max(1, round(0.15 * int(per_class)))
+    part = {int(s): "val" if j < n_held else "test" if j < 2 * n_held else "train" for j, s in enumerate(order)}
+    splits = {p: [c for c in clips if part[int(c.group[3:])] == p] for p in ("train", "val", "test")}
+    _assert_disjoint("synthetic", splits, what="source")
+    chosen = clips if split == "all" else splits[split]
+    protocol = dict(flavour=flavour, seed=seed, per_class=int(per_class), seconds=seconds)
+    return ClipSet("synthetic", split, None, list(classes), chosen, protocol, "generated", "synthetic", seconds,
+                   _synth=_Synth(flavour, seed, seconds))
+
+
+class _Synth:
+    """Renders clip k of a synthetic dataset. Class identity lives in time-frequency structure (sweep direction,
+    harmonicity, modulation rate, band, rhythm); source k // 10 sets a pitch scale and the background level."""
+
+    def __init__(self, flavour, seed, seconds):
+        self.flavour, self.seed, self.n = flavour, int(seed), int(round(seconds * SYNTH_RATE))
+
+    def render(self, clip: Clip) -> np.ndarray:
+        k = int(clip.path.rsplit("/", 1)[1])
+        fl = list(SYNTH_FLAVOURS).index(self.flavour)
+        src = np.random.default_rng([self.seed, fl, 1, k // 10])  # per-source traits
+        rng = np.random.default_rng([self.seed, fl, 2, k])        # per-clip randomness
+        pitch = src.uniform(0.8, 1.25)
+        wave = (self._speech if self.flavour == "speech" else self._ambient)(k % 10, rng, pitch, src)
+        peak = np.abs(wave).max()
+        return (wave * (0.9 / peak) if peak > 0.9 else wave).astype(np.float32)
+
+    # building blocks
+    def _tone(self, freq, n, harmonics=1, decay=0.6):
+        """Harmonic tone following an instantaneous frequency (scalar or per-sample array)."""
+        phase = 2 * np.pi * np.cumsum(np.broadcast_to(freq, (n,))) / SYNTH_RATE
+        return sum(decay ** (h - 1) * np.sin(h * phase) for h in range(1, harmonics + 1) if h * np.max(freq) < 7800)
+
+    @staticmethod
+    def _band(rng, n, lo, hi):
+        spec = np.fft.rfft(rng.standard_normal(n))
+        f = np.fft.rfftfreq(n, 1 / SYNTH_RATE)
+        spec[(f < lo) | (f > hi)] = 0
+        x = np.fft.irfft(spec, n)
+        return x / (x.std() + 1e-9)
+
+    @staticmethod
+    def _env(n, attack=0.01):
+        a = max(1, min(n // 2, int(attack * SYNTH_RATE)))
+        e = np.ones(n)
+        e[:a] = np.linspace(0, 1, a)
+        e[-a:] = np.linspace(1, 0, a)
+        return e
+
+    def _speech(self, label, rng, pitch, src):
+        """One short event on near-silence, at a random time."""
+        n, sr = self.n, SYNTH_RATE
+        d = min(n, int(rng.uniform(0.25, 0.5) * sr))
+        f0 = rng.uniform(180, 320) * pitch
+        t = np.arange(d) / sr
+        if label == 0:
+            ev = self._tone(np.linspace(f0, 3 * f0, d), d, 4)
+        elif label == 1:
+            ev = self._tone(np.linspace(3 * f0, f0, d), d, 4)
+        elif label == 2:
+            ev = self._tone(f0, d, 6)
+        elif label == 3:
+            ev, b = np.zeros(d), int(0.06 * sr)
+            for start in (0, int(0.18 * sr)):
+                ev[start:start + b] = self._band(rng, b, 1000, 4000) * self._env(b, 0.005)
+        elif label == 4:
+            ev, b = np.zeros(d), int(0.05 * sr)
+            for i in range(3):
+                ev[i * 2 * b:i * 2 * b + b] = self._tone(2 * f0, b) * self._env(b, 0.005)
+        elif label == 5:
+            ev = 0.5 * self._band(rng, d, 100, 600)
+        elif label == 6:
+            ev = 0.5 * self._band(rng, d, 3000, 6000)
+        elif label == 7:
+            ev = self._tone(2 * f0 * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(6, 8) * t)), d, 3)
+        elif label == 8:
+            ev = self._tone(2 * f0, d, 4) * (1 - 0.9 * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(15, 25) * t)))
+        else:
+            ev = self._tone(1.5 * f0, d) + self._tone(6 * f0, d)
+        wave = 1e-3 * src.uniform(0.5, 2) * rng.standard_normal(n)  # near-silence
+        start = rng.integers(0, n - d + 1)
+        wave[start:start + d] += rng.uniform(0.1, 0.5) * ev * self._env(d) / (np.abs(ev).max() + 1e-9)
+        return wave
+
+    def _ambient(self, label, rng, pitch, src):
+        """A dense scene: coloured background noise everywhere, the class's texture across the whole clip."""
+        n, sr = self.n, SYNTH_RATE
+        t = np.arange(n) / sr
+        if label == 0:    # hum: low harmonic stack
+            tex = self._tone(rng.uniform(50, 120) * pitch, n, 10, 0.8)
+        elif label == 1:  # regular clicks
+            tex, rate = np.zeros(n), rng.uniform(8, 20)
+            click = self._band(rng, int(0.005 * sr), 500, 7000) * np.exp(-np.arange(int(0.005 * sr)) / 20)
+            for s in np.arange(rng.uniform(0, 1 / rate), n / sr - 0.006, 1 / rate):
+                tex[int(s * sr):int(s * sr) + len(click)] += click
+        elif label == 2:  # siren: slow sinusoidal sweep
+            tex = self._tone(1000 * pitch + 400 * np.sin(2 * np.pi * t / rng.uniform(1, 2) + rng.uniform(0, 6)), n, 3)
+        elif label == 3:  # barks: a few harmonic+noise bursts
+            tex, b = np.zeros(n), int(0.15 * sr)
+            for s in rng.integers(0, n - b, rng.integers(3, 7)):
+                burst = self._tone(rng.uniform(400, 800) * pitch, b, 5) + 0.5 * self._band(rng, b, 500, 3000)
+                tex[s:s + b] += burst * self._env(b, 0.02)
+        elif label == 4:  # rain: dense high crackle
+            tex = self._band(rng, n, 2000, 7500) * (rng.random(n) < 0.05) * 3 + 0.3 * self._band(rng, n, 3000, 7500)
+        elif label == 5:  # wind: noise whose band wanders slowly
+            bands = [(100, 400), (300, 800), (700, 1600), (1500, 3000)]
+            gains = [np.interp(t, np.linspace(0, t[-1], 6), rng.random(6)) for _ in bands]
+            tex = sum(g * self._band(rng, n, lo, hi) for g, (lo, hi) in zip(gains, bands))
+        elif label == 6:  # birds: many short high up-chirps
+            tex, b = np.zeros(n), int(0.07 * sr)
+            for s in rng.integers(0, n - b, rng.integers(8, 16)):
+                f = rng.uniform(2000, 4000) * pitch
+                tex[s:s + b] += self._tone(np.linspace(f, 1.4 * f, b), b) * self._env(b, 0.005)
+        elif label == 7:  # melody: pentatonic notes changing every 200-300 ms
+            step, notes = int(rng.uniform(0.2, 0.3) * sr), 300 * pitch * 2 ** (np.array([0, 2, 4, 7, 9]) / 12)
+            freq = np.repeat(rng.choice(notes, n // step + 1), step)[:n]
+            tex = self._tone(freq, n, 4)
+        elif label == 8:  # engine: low noise pulsing at 5-10 Hz
+            tex = self._band(rng, n, 30, 900) * (0.2 + 0.8 * (np.sin(2 * np.pi * rng.uniform(5, 10) * t) > 0))
+        else:             # alarm: two tones alternating every 250 ms
+            period, f = int(0.25 * sr), rng.uniform(800, 1000) * pitch
+            tex = self._tone(np.where((np.arange(n) // period) % 2 == 0, f, 1.33 * f), n, 2)
+        tex = tex / (tex.std() + 1e-9)
+        spec = np.fft.rfft(rng.standard_normal(n))  # pink background: power falls as 1/f
+        spec /= np.sqrt(np.maximum(np.fft.rfftfreq(n, 1 / sr), 20.0))
+        background = np.fft.irfft(spec, n)
+        background /= background.std() + 1e-9
+        snr = rng.uniform(1.0, 3.0)  # texture std relative to the background
+        return 0.08 * src.uniform(0.7, 1.4) * (snr * tex + background)
