@@ -1,0 +1,173 @@
+"""Numbers the chapters report: MAC tables, confidence intervals, rank correlations, intensity buckets.
+
+Pure functions over tensors / arrays / DataFrames; nothing here trains or plots.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .macs import count_macs
+from .models import SIZES
+
+PAPER_INPUTS = {  # patch tokens of the paper's inputs -> (frames at 128 mel bins, what it is)
+    64: (128, "SPC-2 (1 s)"),
+    256: (512, "ESC-50 (5 s)"),
+    512: (1024, "AudioSet / VoxCeleb (10 s)"),
+}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MACs
+
+def mac_table(families=("ast", "audiomae"), size="base", tokens=(64, 256, 512),
+              keep_rates=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3), drop_loc=(3, 6, 9), mel=128,
+              num_classes=527) -> pd.DataFrame:
+    """GMACs for every family x input size x keep rate, with the reduction against keep rate 1.0."""
+    rows = []
+    for family in families:
+        for n in tokens:
+            frames = n * 16 * 16 // mel
+            full = count_macs(family, size, frames, 1.0, drop_loc, mel=mel, num_classes=num_classes)["macs"]
+            for kr in keep_rates:
+                m = count_macs(family, size, frames, kr, drop_loc, mel=mel, num_classes=num_classes)
+                rows.append({"family": family, "size": size, "patch_tokens": n, "frames": frames,
+                             "keep_rate": kr, "drop_loc": ",".join(map(str, drop_loc)),
+                             "gmacs": m["macs"] / 1e9, "reduction": 1 - m["macs"] / full})
+    return pd.DataFrame(rows)
+
+
+def mac_parts(family="audiomae", size="base", tokens=(64, 256, 512), keep_rate=1.0, drop_loc=(3, 6, 9),
+              mel=128) -> pd.DataFrame:
+    """Where the MACs go: share of patch embedding, qkv + proj, attention matmuls, MLP, head (and drop extras)."""
+    rows = []
+    for n in tokens:
+        frames = n * 16 * 16 // mel
+        parts = count_macs(family, size, frames, keep_rate, drop_loc, mel=mel)["parts"]
+        total = sum(parts.values())
+        merged = {"patch embedding": parts["patch_embed"], "qkv + proj": parts["qkv"] + parts["proj"],
+                  "attention matmuls": parts["attn_matmul"], "MLP": parts["mlp"],
+                  "head + drop": parts["head"] + parts.get("drop", 0)}
+        for part, macs in merged.items():
+            rows.append({"family": family, "patch_tokens": n, "part": part, "gmacs": macs / 1e9,
+                         "share": macs / total})
+    return pd.DataFrame(rows)
+
+
+def keep_rate_for_reduction(target: float, family="audiomae", size="base", frames=512, drop_loc=(3, 6, 9),
+                            method="topk", mel=128, step=0.01) -> float:
+    """Largest keep rate (on a ``step`` grid) whose MAC reduction reaches ``target`` (e.g. 0.3 for 30%)."""
+    full = count_macs(family, size, frames, 1.0, drop_loc, method, mel)["macs"]
+    for i in range(int(round(1 / step)), 0, -1):
+        kr = i * step
+        if 1 - count_macs(family, size, frames, kr, drop_loc, method, mel)["macs"] / full >= target:
+            return round(kr, 6)
+    return float("nan")
+
+
+def check_against_flop_counter(family: str, size: str, frames: int, keep_rate: float, drop_loc=(3, 6, 9),
+                               method="topk", mel=128, num_classes=527, seed=0) -> dict:
+    """The analytic count next to FlopCounterMode on a real forward pass of a random-weight model."""
+    import torch
+
+    from .macs import flop_counter_macs, model_macs
+    from .models import create_model
+    from .pruning import apply_pruning
+
+    torch.manual_seed(seed)
+    model = create_model(family, size, frames, num_classes, mel=mel).eval()
+    apply_pruning(model, method, keep_rate, drop_loc)
+    x = torch.randn(1, frames, mel)
+    measured = flop_counter_macs(model, x)
+    analytic = int(model_macs(model)[0].item())
+    table = count_macs(family, size, frames, keep_rate, drop_loc, method, mel, num_classes)["macs"]
+    return {"family": family, "size": size, "frames": frames, "keep_rate": keep_rate, "method": method,
+            "flop_counter_macs": measured, "analytic_macs": table, "from_forward_tokens": analytic,
+            "equal": measured == table == analytic}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Statistics
+
+def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and Student-t confidence interval (lo, hi). One value gives an infinitely wide interval, honestly."""
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    m = float(v.mean())
+    if v.size == 1:
+        return m, -math.inf, math.inf
+    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
+    return m, m - half, m + half
+
+
+def summarize(df: pd.DataFrame, by: list, value: str = "accuracy", level: float = 0.95) -> pd.DataFrame:
+    """Mean, CI and count of ``value`` over the rows of each group (e.g. over seeds)."""
+    rows = []
+    for key, g in df.groupby(by, sort=False, dropna=False):
+        m, lo, hi = mean_ci(g[value], level)
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), value: m, f"{value}_lo": lo, f"{value}_hi": hi, "n": len(g)})
+    return pd.DataFrame(rows)
+
+
+def kendall_tau_b(x, y) -> float:
+    """Kendall's tau-b (ties in either variable handled by scipy's tau-b); NaN when a variable is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.size < 2 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return float(stats.kendalltau(x, y, variant="b").statistic)
+
+
+def tie_agreement_correlation(x_levels, y_levels) -> float:
+    """The reference's variant, kept only to show why it inflates: pairs tied in either variable count as
+    agreeing. On coarse rank levels (e.g. 5 k-means levels) most pairs are ties, so the value drifts to 1."""
+    x, y = np.asarray(x_levels), np.asarray(y_levels)
+    i, j = np.triu_indices(x.size, 1)
+    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+    agree = (dx * dy > 0) | (dx == 0) | (dy == 0)
+    return float(2 * agree.mean() - 1) if i.size else float("nan")
+
+
+def rank_levels(values, edges) -> np.ndarray:
+    """Level 0..len(edges) of each value, given sorted inner bucket edges."""
+    return np.searchsorted(np.asarray(edges), np.asarray(values), side="right")
+
+
+def kmeans_buckets(patch_means, k: int = 5, seed: int = 0, max_points: int = 200_000):
+    """k-means (1-D) on training patch means, clusters ordered C1 (quietest) .. Ck.
+
+    Returns (centres sorted ascending, inner edges = midpoints between neighbouring centres) so that bucket
+    ``i`` is ``[edges[i-1], edges[i])`` — exactly the nearest-centre assignment in 1-D.
+    """
+    from sklearn.cluster import KMeans
+
+    v = np.asarray(patch_means, dtype=np.float64).reshape(-1, 1)
+    if v.shape[0] > max_points:
+        v = v[np.random.default_rng(seed).choice(v.shape[0], max_points, replace=False)]
+    km = KMeans(n_clusters=k, random_state=seed, n_init=10).fit(v)
+    centres = np.sort(km.cluster_centers_[:, 0])
+    return centres, (centres[1:] + centres[:-1]) / 2
+
+
+def bucket_ranges(edges, drop) -> list[tuple[float, float]]:
+    """Half-open intervals covering every bucket except those in ``drop`` (1-based: C1 = 1)."""
+    bounds = [-math.inf, *map(float, edges), math.inf]
+    keep = [i for i in range(1, len(bounds)) if i not in set(drop)]
+    ranges = []
+    for i in keep:  # merge neighbouring buckets into one interval
+        lo, hi = bounds[i - 1], bounds[i]
+        if ranges and ranges[-1][1] == lo:
+            ranges[-1] = (ranges[-1][0], hi)
+        else:
+            ranges.append((lo, hi))
+    return ranges
+
+
+__all__ = ["PAPER_INPUTS", "SIZES", "mac_table", "mac_parts", "keep_rate_for_reduction",
+           "check_against_flop_counter", "mean_ci", "summarize", "kendall_tau_b", "tie_agreement_correlation",
+           "rank_levels", "kmeans_buckets", "bucket_ranges"]

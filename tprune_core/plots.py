@@ -1,0 +1,40 @@
+"""One look for every figure of the book: a fixed colour per method and per family, labelled axes with units."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # the book executes headless
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+# One colour per method throughout the book (colour-blind-safe palette).
+_PALETTE = sns.color_palette("colorblind", 10)
+METHOD_COLORS = {
+    "topk": _PALETTE[0], "random": _PALETTE[7], "evit_fuse": _PALETTE[2], "tome": _PALETTE[4],
+    "mean": _PALETTE[1], "std": _PALETTE[8], "adaptive": _PALETTE[3], "intensity_range": _PALETTE[5],
+    "topk (fine-tuned)": _PALETTE[9], "unpruned": (0.2, 0.2, 0.2),
+}
+FAMILY_COLORS = {"ast": _PALETTE[0], "audiomae": _PALETTE[3]}
+FAMILY_LABELS = {"ast": "AST-style (supervised)", "audiomae": "AudioMAE-style (MAE pretrained)"}
+DATASET_LABELS = {"urbansound8k": "UrbanSound8K (general audio)", "speechcommands": "Speech Commands (speech)",
+                  "esc50": "ESC-50", "synthetic": "synthetic"}
+
+
+def setup():
+    """Seaborn theme for the book; call once per chapter."""
+    sns.set_theme(context="notebook", style="whitegrid")
+    plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "axes.titleweight": "bold"})
+
+
+def errorbar_lines(ax, df, x, y, hue, lo=None, hi=None, colors=None, marker="o", label_fmt=str):
+    """Lines of ``y`` over ``x`` per ``hue`` with CI error bars from columns ``lo``/``hi`` (default y_lo/y_hi)."""
+    lo, hi = lo or f"{y}_lo", hi or f"{y}_hi"
+    colors = colors or METHOD_COLORS
+    for key, g in df.groupby(hue, sort=False):
+        g = g.sort_values(x)
+        err = None
+        if lo in g and hi in g:
+            err = [(g[y] - g[lo]).clip(lower=0).fillna(0), (g[hi] - g[y]).clip(lower=0).fillna(0)]
+        ax.errorbar(g[x], g[y], yerr=err, marker=marker, ms=4, capsize=2, lw=1.4,
+                    color=colors.get(key), label=label_fmt(key))
+    return ax
