@@ -21,5 +21,13 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# One output folder per profile: full -> _build/html, smoke -> _build/smoke/_build/html (own execution cache).
 book: $(STAMP)
-	@echo "The book is not written yet (see issue 5)."; exit 1
+	TPRUNE_PROFILE=$(PROFILE) $(BIN)/tprune book --profile $(PROFILE) $(if $(REEXECUTE),--reexecute)
+
+# Opens every page of the last build in headless Chromium (installs Debian's chromium when missing).
+site-check: $(STAMP)
+	$(BIN)/python tools/site_check.py
+
+clean-book:
+	rm -rf _build book/reruns/_toc.yml book/reruns/index.md
