@@ -9,11 +9,13 @@ per scoring block (``n·d`` MACs, under 0.1% at any size here), which is not cou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
 
-from .models import PATCH, SIZES, create_model
-from .pruning import PER_CLIP, kept_count, tome_rounds
+from .errors import ConfigError
+from .models import FAMILIES, PATCH, SIZES, create_model
+from .pruning import METHODS, PER_CLIP, kept_count, tome_rounds
 
 
 @dataclass(frozen=True)
@@ -64,8 +66,8 @@ def token_schedule(d: Dims, keep_rate: float = 1.0, drop_loc=(3, 6, 9), method: 
     """(tokens entering attention, tokens entering the MLP, patch tokens removed) per block, for the methods whose
     budget is the same for every clip (all but intensity_range and adaptive)."""
     if method in PER_CLIP:
-        raise ValueError(f"{method} keeps a different number of tokens per clip: count from a forward pass "
-                         "(model_macs after calling the model)")
+        raise ConfigError(f"method: {method} keeps a different number of tokens per clip; count from a forward "
+                          "pass (model_macs after calling the model)")
     n, fused, rows = d.n_patches, 0, []
     for b in range(d.depth):
         n_attn, removed = d.prefix + fused + n, 0
@@ -93,9 +95,31 @@ def macs_from_tokens(d: Dims, tokens, method: str = "topk") -> dict:
             "tokens_per_block": [int(t[0]) for t in torch.as_tensor(tokens).tolist()]}
 
 
+def _check_spec(family, size, frames, keep_rate, drop_loc, method, mel, num_classes):
+    """The checks create_model and apply_pruning would make, for a model that is never built."""
+    if family not in FAMILIES:
+        raise ConfigError(f"family: expected one of {FAMILIES}, got {family!r}")
+    if size not in SIZES:
+        raise ConfigError(f"size: expected one of {tuple(SIZES)}, got {size!r}")
+    for name, value in (("frames", frames), ("mel", mel)):
+        if not isinstance(value, Integral) or value <= 0 or value % PATCH:
+            raise ConfigError(f"{name}: expected a positive multiple of {PATCH}, got {value!r}")
+    if method not in METHODS:
+        raise ConfigError(f"method: expected one of {METHODS}, got {method!r}")
+    if not 0.0 < float(keep_rate) <= 1.0:
+        raise ConfigError(f"keep_rate: expected a number in (0, 1], got {keep_rate!r}")
+    depth = SIZES[size][1]
+    if not drop_loc or any(not 0 <= int(b) < depth for b in drop_loc) or len(set(drop_loc)) != len(drop_loc):
+        raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {tuple(drop_loc)}")
+    if not isinstance(num_classes, Integral) or num_classes <= 0:
+        raise ConfigError(f"num_classes: expected a positive integer, got {num_classes!r}")
+
+
 def count_macs(family: str, size: str, frames: int, keep_rate: float = 1.0, drop_loc=(3, 6, 9),
                method: str = "topk", mel: int = 128, num_classes: int = 527) -> dict:
     """MACs of a model given by name; ``gmacs`` and ``gmacs_per_block`` in units of 10^9."""
+    drop_loc = tuple(int(b) for b in drop_loc)
+    _check_spec(family, size, frames, keep_rate, drop_loc, method, mel, num_classes)
     d = Dims.spec(family, size, frames, mel, num_classes)
     out = macs_from_tokens(d, token_schedule(d, keep_rate, drop_loc, method), method)
     out["gmacs"] = out["macs"] / 1e9
@@ -104,7 +128,7 @@ def count_macs(family: str, size: str, frames: int, keep_rate: float = 1.0, drop
 
 
 def model_macs(model, tokens=None) -> torch.Tensor:
-    """MACs per clip of ``model`` for its last forward (``tokens``: (B, depth, 2), default ``model.tprune_last``);
+    """MACs per clip of ``model`` for its last forward (``tokens``: (B, depth, 3), default ``model.tprune_last``);
     an unpatched model counts as unpruned."""
     d = Dims.of(model)
     state = getattr(model, "_tprune", None)
@@ -112,6 +136,11 @@ def model_macs(model, tokens=None) -> torch.Tensor:
         tokens = model.tprune_last["tokens"] if state is not None else torch.tensor(token_schedule(d))[None]
     method = state.method if state is not None else "topk"
     return torch.tensor([macs_from_tokens(d, t, method)["macs"] for t in tokens], dtype=torch.float64)
+
+
+def macs_from_record(model, record) -> torch.Tensor:
+    """MACs per clip of every forward recorded in ``record`` (a ``pruning.PruneRecord``), in call order."""
+    return model_macs(model, record.tokens)
 
 
 def flop_counter_macs(model, x) -> int:
@@ -130,4 +159,4 @@ def flop_counter_macs(model, x) -> int:
 
 
 __all__ = ["Dims", "block_macs", "token_schedule", "macs_from_tokens", "count_macs", "model_macs",
-           "flop_counter_macs", "create_model"]
+           "macs_from_record", "flop_counter_macs", "create_model"]

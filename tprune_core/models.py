@@ -155,7 +155,8 @@ def _crop_pos_embed(pos: torch.Tensor, model: AudioViT, mode: str) -> torch.Tens
         t_ckpt = grid.shape[1] // rows
         if t_ckpt < cols:
             raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {cols}")
-        start = (t_ckpt - cols) // 2 if mode == "centre" else 0
+        # AST's own centre: t_ckpt // 2 - cols // 2 (differs from (t_ckpt - cols) // 2 for odd cols).
+        start = t_ckpt // 2 - cols // 2 if mode == "centre" else 0
         grid = grid.reshape(1, rows, t_ckpt, dim)[:, :, start:start + cols]
     else:  # grid (T_ckpt, mel/16); time is the row axis
         if grid.shape[1] % cols:
@@ -163,16 +164,20 @@ def _crop_pos_embed(pos: torch.Tensor, model: AudioViT, mode: str) -> torch.Tens
         t_ckpt = grid.shape[1] // cols
         if t_ckpt < rows:
             raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {rows}")
-        start = (t_ckpt - rows) // 2 if mode == "centre" else 0
+        start = t_ckpt // 2 - rows // 2 if mode == "centre" else 0
         grid = grid.reshape(1, t_ckpt, cols, dim)[:, start:start + rows]
     return torch.cat([prefix, grid.reshape(1, -1, dim)], dim=1)
 
 
-def load_official_checkpoint(model: AudioViT, checkpoint, strict: bool = True) -> AudioViT:
+def load_official_checkpoint(model: AudioViT, checkpoint, family: str | None = None,
+                             strict: bool = True) -> AudioViT:
     """Load an official AST or AudioMAE checkpoint (a path or a state dict) into ``model``.
 
+    ``family`` (optional) states which layout the checkpoint has; it must match the model's.
     Raises CheckpointError naming missing and unexpected keys and every mismatched shape.
     """
+    if family is not None and family != model.family:
+        raise ConfigError(f"family: checkpoint layout {family!r} does not match the {model.family!r} model")
     source = str(checkpoint) if not isinstance(checkpoint, dict) else "state dict"
     if not isinstance(checkpoint, dict):
         try:

@@ -1,0 +1,116 @@
+"""`tprune macs`: analytic MACs of an AST / AudioMAE model, pruned or not, block by block."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import ConfigError
+
+# Kept in sync with models.SIZES / pruning.METHODS by test; literal here so `tprune --help` does not import torch.
+FAMILIES = ("ast", "audiomae")
+SIZES = ("tiny", "small", "base")
+DEPTH = 12
+FIXED_BUDGET = ("topk", "random", "mean", "std", "evit_fuse", "tome")   # same token count for every clip
+
+
+def _positive_multiple_of_16(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 16, got {text!r}") from None
+    if value <= 0 or value % 16:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of 16, got {value}")
+    return value
+
+
+def _keep_rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
+    return value
+
+
+def _drop_loc(text: str) -> tuple[int, ...]:
+    try:
+        blocks = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated block indices like 3,6,9, got {text!r}") from None
+    if any(not 0 <= b < DEPTH for b in blocks) or len(set(blocks)) != len(blocks):
+        raise argparse.ArgumentTypeError(f"expected distinct block indices in 0..{DEPTH - 1}, got {text!r}")
+    return tuple(sorted(blocks))
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "macs", help="count the MACs of a (pruned) AST / AudioMAE model",
+        description="Analytic multiply-accumulates of one clip, from the tokens entering each block "
+                    "(equal to torch's FlopCounterMode; bias adds, norms and softmax are not counted).")
+    p.add_argument("--family", choices=FAMILIES, required=True)
+    p.add_argument("--size", choices=SIZES, required=True)
+    p.add_argument("--frames", type=_positive_multiple_of_16, required=True, help="fbank frames (multiple of 16)")
+    p.add_argument("--mel", type=_positive_multiple_of_16, default=128, help="mel bins (default 128)")
+    p.add_argument("--keep-rate", type=_keep_rate, default=1.0,
+                   help="share of patch tokens kept at each drop block (default 1.0: no pruning)")
+    p.add_argument("--drop-loc", type=_drop_loc, default=(3, 6, 9), help="drop blocks, e.g. 3,6,9 (default)")
+    p.add_argument("--method", choices=FIXED_BUDGET, default="topk",
+                   help="pruning method (intensity_range and adaptive keep a different count per clip: "
+                        "count those from a forward pass)")
+    p.add_argument("--num-classes", type=_positive_int, default=527, help="classifier outputs (default 527)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..macs import count_macs   # torch import only when the command runs
+
+    try:
+        out = count_macs(args.family, args.size, args.frames, args.keep_rate, args.drop_loc, args.method,
+                         mel=args.mel, num_classes=args.num_classes)
+    except ConfigError as exc:   # name the option, not the Python parameter
+        name, _, rest = str(exc).partition(":")
+        raise ConfigError(f"--{name.replace('_', '-')}:{rest}") from exc
+    result = {
+        "family": args.family, "size": args.size, "frames": args.frames, "mel": args.mel,
+        "keep_rate": args.keep_rate, "drop_loc": list(args.drop_loc), "method": args.method,
+        "num_classes": args.num_classes,
+        "gmacs": out["gmacs"], "macs": out["macs"],
+        "tokens_per_block": out["tokens_per_block"],
+        "gmacs_per_block": out["gmacs_per_block"],
+        "parts": {k: v / 1e9 for k, v in out["parts"].items()},   # GMACs by kind of work
+    }
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_table(result))
+    return 0
+
+
+def _table(r: dict) -> str:
+    n_patch = (r["frames"] // 16) * (r["mel"] // 16)
+    pruned = (f"{r['method']}, keep rate {r['keep_rate']:g} at blocks {','.join(map(str, r['drop_loc']))}"
+              if r["keep_rate"] < 1.0 else "no pruning")
+    lines = [f"{r['family']} {r['size']}: {r['frames']} frames x {r['mel']} mel = {n_patch} patch tokens, "
+             f"{r['num_classes']} classes; {pruned}",
+             "",
+             f"{'block':>5}  {'tokens':>6}  {'GMACs':>8}"]
+    for i, (t, g) in enumerate(zip(r["tokens_per_block"], r["gmacs_per_block"])):
+        lines.append(f"{i:>5}  {t:>6}  {g:>8.4f}")
+    lines += ["", "where the MACs go:"]
+    for name, g in r["parts"].items():
+        if g:
+            lines.append(f"  {name:<12} {g:>8.4f} GMACs  {100 * g / r['gmacs']:5.1f}%")
+    lines += ["", f"total {r['gmacs']:.2f} GMACs ({r['macs']:,} MACs)"]
+    return "\n".join(lines)
