@@ -1,11 +1,8 @@
 """One look for every figure of the book: a fixed colour per method and per family, labelled axes with units."""
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # the book executes headless
-import matplotlib.pyplot as plt  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import seaborn as sns
 
 # One colour per method throughout the book (colour-blind-safe palette).
 _PALETTE = sns.color_palette("colorblind", 10)
