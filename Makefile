@@ -23,6 +23,7 @@ test: $(STAMP)
 
 # One output folder per profile: full -> _build/html, smoke -> _build/smoke/_build/html (own execution cache).
 book: $(STAMP)
+	$(BIN)/tprune zoo --profile $(PROFILE)
 	TPRUNE_PROFILE=$(PROFILE) $(BIN)/tprune book --profile $(PROFILE) $(if $(REEXECUTE),--reexecute)
 
 # Opens every page of the last build in headless Chromium (installs Debian's chromium when missing).

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import seaborn as sns
 
 # One colour per method throughout the book (colour-blind-safe palette).
@@ -30,8 +31,10 @@ def errorbar_lines(ax, df, x, y, hue, lo=None, hi=None, colors=None, marker="o",
     for key, g in df.groupby(hue, sort=False):
         g = g.sort_values(x)
         err = None
-        if lo in g and hi in g:
-            err = [(g[y] - g[lo]).clip(lower=0).fillna(0), (g[hi] - g[y]).clip(lower=0).fillna(0)]
-        ax.errorbar(g[x], g[y], yerr=err, marker=marker, ms=4, capsize=2, lw=1.4,
+        if lo in g and hi in g:  # infinite CIs (one seed) draw no bar rather than an endless one
+            below = (g[y] - g[lo]).replace(np.inf, np.nan).clip(lower=0).fillna(0).to_numpy()
+            above = (g[hi] - g[y]).replace(np.inf, np.nan).clip(lower=0).fillna(0).to_numpy()
+            err = [below, above]
+        ax.errorbar(g[x].to_numpy(), g[y].to_numpy(), yerr=err, marker=marker, ms=4, capsize=2, lw=1.4,
                     color=colors.get(key), label=label_fmt(key))
     return ax

@@ -1,0 +1,149 @@
+"""The chapters' heavy computations over zoo models, each result cached on disk and resumable.
+
+- ``evaluate_grid``: accuracy and GMACs of zoo models under many pruning settings (one cached JSON per
+  checkpoint x split x setting; a rerun computes only what is missing).
+- ``token_records``: what a pruned forward kept, with the attention score and the patch statistics of every token,
+  per clip and block (for the "which patches matter" chapters).
+- ``train_patch_means``: patch intensities of a training split, for the k-means intensity buckets.
+
+Keys hash the checkpoint's bytes, the split's feature-cache identity and every setting, plus ``EVAL_VERSION``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from .cache import cache_root
+from .models import patch_pixels
+from .pruning import apply_pruning, record, remove_pruning
+
+EVAL_VERSION = 1  # bump when evaluation code changes its numbers in a way the key does not show
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _file_digest(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:20]
+
+
+def _atomic_json(obj, path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def setting(method=None, keep_rate=1.0, drop_loc=(3, 6, 9), label=None, **options) -> dict:
+    """One pruning setting of a grid. ``method=None``: the model as trained (with the run's own pruning)."""
+    return {"method": method, "keep_rate": float(keep_rate), "drop_loc": list(drop_loc), "options": options,
+            "label": label or (method or "as trained")}
+
+
+def _features_of(meta, split):
+    from .train import TrainConfig, load_split
+    return load_split(TrainConfig.from_dict(meta["config"]), split, progress=False)
+
+
+def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128, progress: bool = True) -> pd.DataFrame:
+    """Every zoo entry under every setting on ``split``: one row each, cached per (checkpoint, split, setting)."""
+    from .train import apply_run_pruning, evaluate
+    from .zoo import load_zoo_model
+
+    root = cache_root() / "evals"
+    rows = []
+    outer = tqdm(entries, desc=f"models ({split})", unit="model", disable=not progress, file=sys.stderr)
+    for entry in outer:
+        ckpt = entry["checkpoint"]
+        model = feats = None
+        ck_digest = _file_digest(ckpt)
+        for s in settings:
+            key = _digest({"ckpt": ck_digest, "split": split, "setting": {k: s[k] for k in s if k != "label"},
+                           "version": EVAL_VERSION})
+            path = root / f"{key}.json"
+            if path.is_file():
+                res = json.loads(path.read_text())
+            else:
+                if model is None:
+                    model, meta = load_zoo_model(entry)
+                    feats = _features_of(meta, split)
+                    outer.set_postfix_str(f"{entry['family']}/{entry['dataset']}/s{entry['seed']}")
+                if s["method"] is None:
+                    apply_run_pruning(model, meta)
+                    res = evaluate(model, feats, batch_size=batch_size, split=split)
+                    remove_pruning(model)
+                else:
+                    res = evaluate(model, feats, s["method"], s["keep_rate"], tuple(s["drop_loc"]),
+                                   batch_size=batch_size, options=s["options"], split=split)
+                res["source"] = getattr(feats, "source", None)
+                _atomic_json(res, path)
+            rows.append({"family": entry["family"], "dataset": entry["dataset"], "seed": entry["seed"],
+                         "trained_keep_rate": entry.get("keep_rate", 1.0),
+                         "trained_method": entry.get("method") or "none", "label": s["label"],
+                         "method": res["method"] or "none", "keep_rate": res["keep_rate"],
+                         "drop_loc": ",".join(map(str, res["drop_loc"])), "accuracy": res["accuracy"],
+                         "gmacs": res["gmacs_per_clip"], "n_clips": res["n_clips"],
+                         "n_empty": res.get("n_empty", 0), "split": split, "source": res.get("source") or ""})
+    return pd.DataFrame(rows)
+
+
+def token_records(entry, method="topk", keep_rate=0.5, drop_loc=(3, 6, 9), split="test", max_clips=None,
+                  batch_size=64, **options) -> dict:
+    """Per clip: the patch mean/std of every patch (model token order), and per block the positions, scores and
+    kept positions from a recorded pruned forward. Cached as a .pt file."""
+    from .zoo import load_zoo_model
+
+    ck_digest = _file_digest(entry["checkpoint"])
+    key = _digest({"ckpt": ck_digest, "split": split, "method": method, "keep_rate": keep_rate,
+                   "drop_loc": list(drop_loc), "options": options, "max_clips": max_clips, "version": EVAL_VERSION})
+    path = cache_root() / "records" / f"{key}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=False)
+    model, meta = load_zoo_model(entry)
+    feats = _features_of(meta, split)
+    x_all = feats.x[:, : model.frames]
+    n = len(x_all) if max_clips is None else min(max_clips, len(x_all))
+    apply_pruning(model, method, keep_rate, drop_loc, **options)
+    means, stds, preds = [], [], []
+    with torch.no_grad(), record(model) as rec:
+        for i in range(0, n, batch_size):
+            x = x_all[i:i + batch_size][: n - i].float()
+            px = patch_pixels(model, x)
+            means.append(px.mean(-1))
+            stds.append(px.std(-1))
+            preds.append(model(x).argmax(1))
+    remove_pruning(model)
+    out = {"family": entry["family"], "dataset": entry["dataset"], "seed": entry["seed"], "grid": tuple(
+        model.patch_embed.grid_size), "mean": torch.cat(means), "std": torch.cat(stds),
+        "pred": torch.cat(preds), "label": torch.as_tensor(feats.y[:n]), "ids": list(feats.ids[:n]),
+        "scores": {b: v for b, v in rec.scores.items()}, "positions": {b: v for b, v in rec.positions.items()},
+        "kept": {b: v for b, v in rec.kept.items()}, "tokens": rec.tokens, "classes": list(feats.classes),
+        "x": x_all[:n].half(), "source": getattr(feats, "source", "")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(out, tmp)
+    os.replace(tmp, path)
+    return out
+
+
+def train_patch_means(entry) -> np.ndarray:
+    """Means of every 16x16 patch of the entry's TRAINING split (the k-means buckets are fitted on these)."""
+    from .zoo import load_zoo_model
+
+    model, meta = load_zoo_model(entry)
+    feats = _features_of(meta, "train")
+    x = feats.x[:, : model.frames].float()
+    return torch.cat([patch_pixels(model, x[i:i + 256]).mean(-1).flatten() for i in range(0, len(x), 256)]).numpy()
