@@ -10,7 +10,9 @@ Attention scores (what ``topk``, ``evit_fuse`` and ``adaptive`` rank by, and wha
 - AudioMAE: the attention each token receives, averaged over heads and over patch queries.
 Scores are computed only in blocks that need them. Elsewhere, and in scoring blocks of AST, the attention output
 itself comes from timm's own path (fused ``scaled_dot_product_attention`` unless ``attn.fused_attn`` is off); AST
-adds only the CLS row, AudioMAE needs the whole attention matrix for its column means and computes it explicitly.
+adds only the CLS row, AudioMAE needs the whole attention matrix for its column means and computes it explicitly,
+in cache-sized chunks (``_attend_received``). With ``attn.fused_attn = False`` every scoring block takes the plain
+explicit path, the reference the fast path is tested against.
 """
 from __future__ import annotations
 
@@ -128,15 +130,16 @@ class PruneState:
                     "random": self._random(x.shape[0], n, block, x.device),
                     "mean": self.stat, "std": self.stat}[self.method]
             idx = rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
-        kept = _gather(x[:, s:], idx)
-        head = x[:, :s]
         if self.method == "evit_fuse" and idx.shape[1] < n:
-            head = torch.cat([x[:, :self.prefix], self._fuse(x, scores, idx)], dim=1)
+            fused = self._fuse(x, scores, idx)
+            out = torch.cat([x[:, :self.prefix], fused, _gather(x, idx + s)], dim=1)
             self.fused = 1
+        else:  # special tokens and kept tokens in one indexed copy
+            out = _gather(x, torch.cat([torch.arange(s, device=x.device).expand(x.shape[0], s), idx + s], dim=1))
         self.positions = torch.gather(self.positions, 1, idx)
         if self.stat is not None:
             self.stat = torch.gather(self.stat, 1, idx)
-        return torch.cat([head, kept], dim=1)
+        return out
 
     def _in_range(self, stat: torch.Tensor) -> torch.Tensor:
         o = self.options
@@ -203,7 +206,32 @@ class PruneState:
 
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Rows ``idx`` (B, k) of ``x`` (B, n, D): one indexed copy."""
-    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+    b, n, d = x.shape
+    if x.is_contiguous():  # whole-row copies (index_select) are several times faster than element-wise gather
+        flat = (idx + torch.arange(b, device=idx.device).unsqueeze(1) * n).reshape(-1)
+        return x.reshape(b * n, d).index_select(0, flat).view(b, idx.shape[1], d)
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, d))
+
+
+ATTN_CHUNK_BYTES = 1 << 20   # CPU: attention matrices per chunk in _attend_received, about one core's L2 cache
+
+
+def _attend_received(attn, q, k, v, query_start):
+    """Explicit attention computed a few (clip, head) matrices at a time on CPU, so each chunk stays in cache instead
+    of streaming the whole (B, H, N, N) tensor through memory three times (on a GPU, where small kernels cost more
+    than memory traffic, in one go). Returns the output (B, H, N, hd) and the attention each token receives,
+    averaged over heads and over queries from ``query_start`` on."""
+    b, h, n, hd = q.shape
+    q, k, v = ((q * attn.scale).reshape(b * h, n, hd), k.reshape(b * h, n, hd), v.reshape(b * h, n, hd))
+    step = max(1, ATTN_CHUNK_BYTES // (n * n * q.element_size())) if q.device.type == "cpu" else b * h
+    outs, received = [], []
+    for i in range(0, b * h, step):
+        a = (q[i:i + step] @ k[i:i + step].transpose(-2, -1)).softmax(dim=-1)
+        received.append(a[:, query_start:].sum(dim=1))
+        outs.append(attn.attn_drop(a) @ v[i:i + step])
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    received = torch.cat(received) if len(received) > 1 else received[0]
+    return out.view(b, h, n, hd), received.view(b, h, n).sum(dim=1) / (h * (n - query_start))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -222,6 +250,8 @@ class _ScoringAttention:
         if score_mode == "cls" and self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
             scores = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0].mean(dim=1)
+        elif self.fused_attn:  # received: every attention row is needed, but never all of them at once
+            out, scores = _attend_received(self, q, k, v, query_start)
         else:
             attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
             if score_mode == "cls":

@@ -1,0 +1,173 @@
+"""The fast pruning path (fused SDPA where no score is needed, CLS row / chunked explicit attention where one is)
+keeps the same tokens and gives the same outputs as the explicit-attention path; the benchmark returns sane
+numbers. Nothing here is timed: speed is measured by `tprune bench`, not asserted."""
+import copy
+import json
+import math
+
+import pytest
+import torch
+
+from tprune_core import pruning
+from tprune_core.bench import bench, bench_group, flat_row
+from tprune_core.cli import main
+from tprune_core.errors import ConfigError
+from tprune_core.macs import count_macs
+from tprune_core.models import create_model
+from tprune_core.pruning import METHODS, apply_pruning, record
+
+FAMILIES = ["ast", "audiomae"]
+FRAMES, MEL = 96, 64                      # 6 x 4 = 24 patch tokens: small, and 0.7 * n is not an integer
+OPTIONS = {"random": {"seed": 4}, "intensity_range": {"lo": -0.05, "hi": 0.05}, "adaptive": {"mass": 0.6}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)   # the test machine is shared
+    yield
+    torch.set_num_threads(n)
+
+
+def make_pair(family, method, rate, seed=0):
+    """The same tiny model twice, pruned alike: fast path (timm's default) and explicit attention everywhere."""
+    torch.manual_seed(seed)
+    stock = create_model(family, "tiny", FRAMES, 5, mel=MEL).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # sharper attention than timm's init, so scores are far from ties
+        for blk in stock.blocks:
+            blk.attn.qkv.weight.copy_(torch.randn(blk.attn.qkv.weight.shape, generator=g) * 0.08)
+    fast = apply_pruning(copy.deepcopy(stock), method, rate, **OPTIONS.get(method, {}))
+    slow = apply_pruning(copy.deepcopy(stock), method, rate, **OPTIONS.get(method, {}))
+    for blk in slow.blocks:
+        blk.attn.fused_attn = False
+    assert all(blk.attn.fused_attn for blk in fast.blocks)
+    return fast, slow
+
+
+def inputs(b=3, seed=1):
+    return torch.randn(b, FRAMES, MEL, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("rate", [0.7, 0.4])
+@pytest.mark.parametrize("chunk_bytes", [pruning.ATTN_CHUNK_BYTES, 1])   # 1: one (clip, head) per chunk
+def test_fast_path_matches_explicit(family, method, rate, chunk_bytes, monkeypatch):
+    monkeypatch.setattr(pruning, "ATTN_CHUNK_BYTES", chunk_bytes)
+    fast, slow = make_pair(family, method, rate)
+    x = inputs()
+    with torch.inference_mode():
+        # plain forward: scores only in drop blocks, SDPA elsewhere
+        out_f, out_s = fast(x), slow(x)
+        torch.testing.assert_close(out_f, out_s, atol=1e-5, rtol=0)
+        assert torch.equal(fast.tprune_last["tokens"], slow.tprune_last["tokens"])
+        tokens = fast.tprune_last["tokens"]
+        assert (tokens[:, -1, 0] < tokens[:, 0, 0]).all()   # the models really pruned
+        # recorded forward: scores in every block, kept positions at every drop
+        with record(fast) as rf, record(slow) as rs:
+            rec_f, rec_s = fast(x), slow(x)
+    torch.testing.assert_close(rec_f, rec_s, atol=1e-5, rtol=0)
+    if method != "random":   # random draws anew on every forward (seeded by the call count)
+        torch.testing.assert_close(rec_f, out_f, atol=1e-5, rtol=0)
+    assert set(rf.kept) == set(rs.kept) == {3, 6, 9}
+    for b in rf.kept:
+        for kf, ks in zip(rf.kept[b], rs.kept[b], strict=True):
+            assert torch.equal(kf, ks), (b, method)
+    for b in range(12):
+        for sf, ss in zip(rf.scores[b], rs.scores[b], strict=True):
+            torch.testing.assert_close(sf, ss, atol=1e-6, rtol=1e-5)
+        for pf, ps in zip(rf.positions[b], rs.positions[b], strict=True):
+            assert torch.equal(pf, ps)
+    assert torch.equal(rf.tokens, rs.tokens)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_received_attention_chunks(family, monkeypatch):
+    """Chunked received attention equals the written-out softmax, whatever the chunk size; over all keys (prefix
+    included) the column means add up to 1, as softmax rows do."""
+    torch.manual_seed(0)
+    m = create_model(family, "tiny", FRAMES, 5, mel=MEL).eval()
+    attn = m.blocks[0].attn
+    q, k, v = torch.randn(3, 2, attn.num_heads, 25, attn.head_dim).unbind(0)
+    for chunk in (1, 25 * 25 * 4 * 4, 1 << 20):   # one matrix, four (not dividing 2 x 3 evenly), all at once
+        monkeypatch.setattr(pruning, "ATTN_CHUNK_BYTES", chunk)
+        out, received = pruning._attend_received(attn, q, k, v, query_start=1)
+        probs = (q * attn.scale @ k.transpose(-2, -1)).softmax(-1)
+        torch.testing.assert_close(out, probs @ v, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(received, probs[:, :, 1:].mean(dim=(1, 2)), atol=1e-7, rtol=1e-5)
+        torch.testing.assert_close(received.sum(dim=1), torch.ones(2), atol=1e-5, rtol=0)
+
+
+def test_gather_contiguous_and_strided():
+    x = torch.randn(3, 10, 4)
+    idx = torch.tensor([[0, 2, 9], [1, 1, 5], [8, 3, 4]])
+    want = torch.stack([x[b, idx[b]] for b in range(3)])
+    assert torch.equal(pruning._gather(x, idx), want)
+    xs = x[:, ::2]                                   # strided view: the element-wise gather
+    want = torch.stack([xs[b, idx[b] % 5] for b in range(3)])
+    assert torch.equal(pruning._gather(xs, idx % 5), want)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the benchmark (numbers are checked for consistency, never against a speed)
+
+def check_result(r, repeats):
+    for key in ("ms_full", "ms_pruned", "ms_kr1", "speedup", "mac_ratio", "efficiency", "overhead_at_kr1"):
+        assert isinstance(r[key], float) and math.isfinite(r[key]), key
+    assert r["ms_full"] > 0 and r["ms_pruned"] > 0
+    assert r["speedup"] == pytest.approx(r["ms_full"] / r["ms_pruned"])
+    assert r["efficiency"] == pytest.approx(r["speedup"] / r["mac_ratio"])
+    assert r["overhead_at_kr1"] == pytest.approx(r["ms_kr1"] / r["ms_full"] - 1)
+    for name in ("full", "pruned", "kr1", "speedup_paired", "overhead_paired"):
+        s = r["spread"][name]
+        assert s["n"] == repeats and s["q25"] <= s["median"] <= s["q75"] and s["iqr"] >= 0 and s["mad"] >= 0
+    assert r["spread"]["full"]["median"] == r["ms_full"]
+    assert r["repeats"] == repeats and r["device"] == "cpu" and r["torch"] == torch.__version__
+
+
+def test_bench_keys_and_mac_ratio():
+    before = torch.get_num_threads()
+    r = bench("audiomae", "tiny", 64, 0.5, batch=2, threads=1, repeats=3, warmup=1, mel=64)
+    check_result(r, 3)
+    assert torch.get_num_threads() == before and r["threads"] == 1
+    full = count_macs("audiomae", "tiny", 64, 1.0, mel=64)["macs"]
+    pruned = count_macs("audiomae", "tiny", 64, 0.5, mel=64)["macs"]
+    assert r["mac_ratio"] == pytest.approx(full / pruned) and r["mac_ratio"] > 1.5
+    assert (r["family"], r["keep_rate"], r["method"], r["batch"], r["tokens"]) == ("audiomae", 0.5, "topk", 2, 16)
+    row = flat_row(r)
+    assert "spread" not in row and row["drop_loc"] == "3 6 9" and row["full_q25"] <= row["ms_full"]
+
+
+def test_bench_group_per_clip_method_and_no_overhead():
+    rs = bench_group("ast", "tiny", 64, [("adaptive", 0.5), ("tome", 0.7)], batch=2, threads=1, repeats=3,
+                     warmup=1, mel=64, overhead=False)
+    assert [(r["method"], r["keep_rate"]) for r in rs] == [("adaptive", 0.5), ("tome", 0.7)]
+    assert rs[0]["ms_full"] == rs[1]["ms_full"]                  # one unpruned model timed for the group
+    assert all(math.isnan(r["overhead_at_kr1"]) for r in rs)
+    assert all(r["mac_ratio"] > 1.0 for r in rs)
+    tome = count_macs("ast", "tiny", 64, 1.0, mel=64, method="tome")["macs"] / count_macs(
+        "ast", "tiny", 64, 0.7, mel=64, method="tome")["macs"]
+    assert rs[1]["mac_ratio"] == pytest.approx(tome)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(method="nope"), "method"), (dict(repeats=2), "repeats"), (dict(dtype="fp8"), "dtype"),
+    (dict(batch=0), "batch"), (dict(threads=0), "threads"), (dict(keep_rate=1.5), "keep_rate"),
+])
+def test_bench_bad_arguments(kwargs, name):
+    args = dict(family="ast", size="tiny", frames=64, keep_rate=0.5, repeats=3, mel=64)
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=name):
+        bench(**args)
+
+
+def test_cli_bench_json(capsys):
+    assert main(["bench", "--family", "ast", "--size", "tiny", "--frames", "64", "--keep-rate", "0.5",
+                 "--threads", "1", "--repeats", "3", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    check_result(r, 3)
+    assert (r["family"], r["size"], r["frames"], r["tokens"]) == ("ast", "tiny", 64, 32)
+    assert main(["bench", "--family", "ast", "--size", "tiny", "--frames", "64", "--keep-rate", "0.5",
+                 "--method", "bogus", "--repeats", "3"]) == 2
+    assert "method" in capsys.readouterr().err
