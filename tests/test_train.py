@@ -1,0 +1,304 @@
+"""Training loop, schedules, resumability after SIGKILL, evaluation and the test-split discipline.
+
+Everything runs on small in-memory tensor datasets (no audio): 12-block ViT-tiny on 32-frame inputs (16 patches).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+from tprune_core import train as T
+from tprune_core.errors import CheckpointError, ConfigError
+from tprune_core.models import create_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def toy_set(n, seed, frames=48, classes=3, split="train"):
+    """Class c = a bright band of mel bins 30c..30c+20 on noise: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = 0.3 * torch.randn(n, frames, 128, generator=g)
+    for c in range(classes):
+        x[y == c, :, 30 * c:30 * c + 20] += 1.0
+    return types.SimpleNamespace(x=x, y=y, classes=[f"c{i}" for i in range(classes)], split=split,
+                                 norm=(0.0, 1.0), source="synthetic", ids=[f"{split}{i}" for i in range(n)])
+
+
+def tiny_cfg(**kw):
+    base = dict(family="ast", frames=32, data_frames=48, epochs=2, batch_size=8, lr=3e-4, warmup_epochs=0.5,
+                threads=1, progress=False, drop_path=0.0, freq_mask=0, time_mask=0, label_smoothing=0.0)
+    base.update(kw)
+    return T.TrainConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------- schedules
+
+def test_keep_rate_schedule_start_middle_end():
+    total, hold, shrink, target = 100, 20, 40, 0.5
+    ks = [T.keep_rate_schedule(s, total, target, hold, shrink) for s in range(total + 1)]
+    assert ks[0] == 1.0 and ks[hold - 1] == 1.0            # held at 1.0
+    assert ks[hold] == pytest.approx(1.0)                  # the shrink starts at 1.0 ...
+    assert ks[hold + shrink // 2] == pytest.approx((1.0 + target) / 2)   # ... half way at the cosine's middle
+    assert ks[hold + shrink // 4] == pytest.approx(target + (1 - target) * (1 + 2 ** -0.5) / 2)
+    assert ks[hold + shrink] == target and ks[-1] == target           # then fixed
+    assert all(a >= b for a, b in zip(ks, ks[1:]))                    # never grows
+    assert len(set(ks[hold:hold + shrink])) == shrink                 # changes every iteration, not per epoch
+
+
+def test_keep_rate_schedule_rejects_bad_input():
+    with pytest.raises(ConfigError, match="hold_steps"):
+        T.keep_rate_schedule(0, 10, 0.5, 8, 5)
+    with pytest.raises(ConfigError, match="target"):
+        T.keep_rate_schedule(0, 10, 0.0, 1, 1)
+    with pytest.raises(ConfigError, match="step"):
+        T.keep_rate_schedule(11, 10, 0.5, 1, 1)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    lrs = [T.lr_at(s, 100, 10, 1e-3, 1e-5) for s in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert max(lrs) == pytest.approx(1e-3)
+    assert lrs[55] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
+    assert lrs[-1] < 2e-5 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_config_hash_ignores_operational_fields_only():
+    a = tiny_cfg()
+    assert a.hash() == tiny_cfg(threads=2, ckpt_every=7, progress=True, device="cpu").hash()
+    assert a.hash() != tiny_cfg(seed=1).hash() and a.hash() != tiny_cfg(lr=2e-3).hash()
+    assert T.TrainConfig.from_dict(json.loads(json.dumps(a.to_dict()))).hash() == a.hash()
+    with pytest.raises(ConfigError, match="frames"):
+        tiny_cfg(frames=40)
+    with pytest.raises(ConfigError, match="init"):
+        tiny_cfg(init="mae:abc")          # MAE weights only for audiomae
+    with pytest.raises(ConfigError, match="unknown"):
+        T.TrainConfig.from_dict({"famly": "ast"})
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def test_tiny_model_trains_and_loss_falls(tmp_cache):
+    cfg = tiny_cfg(epochs=3)
+    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), T.run_dir_for(cfg))
+    losses = [h["train_loss"] for h in s["history"]]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert s["val_accuracy"] > 0.8                 # 3 classes: chance is 1/3
+    run = T.run_dir_for(cfg)
+    assert {"best.pt", "log.json", "train.json", "config.json"} <= {p.name for p in run.iterdir()}
+    assert not (run / "state.pt").exists()         # resume state removed once done
+    model, meta = T.load_checkpoint(run)
+    assert meta["epoch"] == s["best_epoch"]
+    assert T.evaluate(model, toy_set(24, 1, split="val"))["accuracy"] == pytest.approx(s["val_accuracy"])
+
+
+def test_pruning_aware_finetune_steps_keep_rate_every_iteration(tmp_cache, monkeypatch):
+    from tprune_core import pruning
+    calls = []
+    real = pruning.set_keep_rate
+    monkeypatch.setattr(pruning, "set_keep_rate", lambda m, k: (calls.append(k), real(m, k)))
+    cfg = tiny_cfg(prune_method="topk", keep_rate=0.5, epochs=3, prune_hold_epochs=1, prune_shrink_epochs=1,
+                   batch_size=16)
+    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), T.run_dir_for(cfg))
+    spe, total = 4, 12
+    expected = [T.keep_rate_schedule(i, total, 0.5, spe, spe) for i in range(total)]
+    train_calls = [k for i, k in enumerate(calls) if (i + 1) % (spe + 1)]   # every 5th call: validation at target
+    assert train_calls == pytest.approx(expected)
+    assert calls[spe::spe + 1] == [0.5, 0.5, 0.5]
+    assert [h["keep_rate"] for h in s["history"]] == pytest.approx([1.0, expected[2 * spe - 1], 0.5])
+    # validation ran at the target keep rate: fewer MACs than the unpruned model
+    full = T.evaluate(create_model("ast", "tiny", 32, 3), toy_set(8, 2))["gmacs_per_clip"]
+    assert all(h["val_gmacs"] < full for h in s["history"])
+
+
+def test_evaluate_reports_macs_and_restores_model_state():
+    model = create_model("audiomae", "tiny", 32, 3)
+    fs = toy_set(10, 3)
+    full = T.evaluate(model, fs, split="val")
+    half = T.evaluate(model, fs, method="topk", keep_rate=0.5, batch_size=4)
+    for key in ("accuracy", "n_clips", "gmacs_per_clip", "method", "keep_rate", "split", "drop_loc"):
+        assert key in full and key in half
+    assert full["n_clips"] == 10 and full["method"] is None and full["keep_rate"] == 1.0
+    assert half["method"] == "topk" and half["keep_rate"] == 0.5
+    assert half["gmacs_per_clip"] < 0.8 * full["gmacs_per_clip"]
+    assert not hasattr(model, "_tprune")                          # unpatched again
+    from tprune_core.pruning import apply_pruning
+    apply_pruning(model, "random", 0.7)
+    T.evaluate(model, fs, method="topk", keep_rate=0.3)
+    assert (model._tprune.method, model._tprune.keep_rate) == ("random", 0.7)   # previous patch restored
+    with pytest.raises(ConfigError, match="frames"):
+        T.evaluate(model, toy_set(4, 0, frames=16))
+
+
+# ------------------------------------------------------------------------------------------- resume after SIGKILL
+
+# Every random augmentation on (crops, SpecAugment, mixup, drop path): their RNG state must survive the kill.
+RESUME = dict(epochs=6, ckpt_every=3, batch_size=16, freq_mask=24, time_mask=8, mixup=0.2, drop_path=0.1)
+CHILD = textwrap.dedent("""
+    import sys, types, torch
+    sys.path.insert(0, {repo!r})
+    from tests.test_train import toy_set, tiny_cfg, RESUME
+    from tprune_core import train as T
+    cfg = tiny_cfg(**RESUME)
+    T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), sys.argv[1])
+""")
+
+
+def test_resume_after_sigkill_reaches_same_weights(tmp_cache, tmp_path):
+    cfg = tiny_cfg(**RESUME)
+    # Uninterrupted reference run.
+    ref = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "ref")
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(repo=str(REPO)))
+    run = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    child = subprocess.Popen([sys.executable, str(script), str(run)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run / "state.pt").exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL, child.stderr.read().decode()[-2000:]
+    assert not (run / "train.json").exists(), "the child finished before it was killed"
+    state = torch.load(run / "state.pt", weights_only=False)
+    assert 0 < state["step"] < 24
+    # Rerun the same command: it continues from the checkpoint and ends where the uninterrupted run ended.
+    out = subprocess.run([sys.executable, str(script), str(run)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming" in out.stderr
+    done = json.loads((run / "train.json").read_text())
+    assert done["final_sha256"] == ref["final_sha256"]
+    assert [h["train_loss"] for h in done["history"]] == [h["train_loss"] for h in ref["history"]]
+    a = torch.load(run / "best.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "ref" / "best.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # and a different seed really gives different weights (so the comparison above is not vacuous)
+    other = T.fit(tiny_cfg(**dict(RESUME, epochs=1, seed=1)), toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "s1")
+    first = T.fit(tiny_cfg(**dict(RESUME, epochs=1)), toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "s0")
+    assert other["final_sha256"] != first["final_sha256"]
+
+
+# ------------------------------------------------------------------------------------------- selection discipline
+
+@pytest.fixture
+def fake_features(monkeypatch):
+    """Replace the feature cache with in-memory splits and record every split requested."""
+    from tprune_core import cache
+    calls = []
+
+    def load_features(name, split, frames=None, **kw):
+        calls.append(split)
+        seed = {"train": 0, "val": 1, "test": 2}[split]
+        return toy_set({"train": 64, "val": 24, "test": 30}[split], seed, frames=frames, split=split)
+
+    monkeypatch.setattr(cache, "load_features", load_features)
+    return calls
+
+
+def test_model_selection_never_reads_test_split(tmp_cache, fake_features, monkeypatch):
+    cfg = tiny_cfg(dataset="synthetic", epochs=2)
+    seen_by_fit = []
+    real_fit = T.fit
+    monkeypatch.setattr(T, "fit", lambda c, tr, va, d: (seen_by_fit.append((tr.split, va.split)), real_fit(c, tr, va, d))[1])
+    run = T.train_run(cfg)
+    assert "test" not in fake_features and sorted(fake_features) == ["train", "val"]
+    assert seen_by_fit == [("train", "val")]
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert best["val"]["split"] == "val"
+    # The test split is read once, after training, on the selected checkpoint; the result is cached.
+    result = T.test_run(run)
+    assert fake_features.count("test") == 1 and result["split"] == "test" and result["n_clips"] == 30
+    assert result["epoch"] == best["epoch"]
+    assert T.test_run(run) == result and fake_features.count("test") == 1
+    # Finding the finished run again loads nothing.
+    before = len(fake_features)
+    assert T.train_run(cfg) == run and len(fake_features) == before
+
+
+def test_test_split_refused_before_training_finishes(tmp_cache, fake_features):
+    cfg = tiny_cfg(dataset="synthetic")
+    run = T.run_dir_for(cfg)
+    run.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="not finished"):
+        T.test_run(run)
+    assert "test" not in fake_features
+
+
+def test_fit_has_no_way_to_receive_the_test_split():
+    import inspect
+    assert list(inspect.signature(T.fit).parameters) == ["cfg", "train_set", "val_set", "run_dir"]
+
+
+def test_cli_eval_json_on_a_trained_run(tmp_cache, fake_features, capsys):
+    from tprune_core.cli import main
+    run = T.train_run(tiny_cfg(dataset="synthetic", epochs=1))
+    assert main(["eval", "--checkpoint", str(run), "--method", "topk", "--keep-rate", "0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "topk" and out["keep_rate"] == 0.5 and out["split"] == "test" and out["n_clips"] == 30
+    assert 0 <= out["accuracy"] <= 1 and out["gmacs_per_clip"] > 0
+    assert main(["eval", "--checkpoint", run.name, "--method", "none", "--split", "val", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert full["method"] is None and full["split"] == "val" and full["gmacs_per_clip"] > out["gmacs_per_clip"]
+    assert main(["eval", "--checkpoint", str(run / "nowhere"), "--json"]) == 2     # named error, exit code 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- the zoo
+
+def test_full_zoo_plan_matches_the_issue():
+    from tprune_core import zoo
+    plan = zoo.zoo_plan("full")
+    roles = [r for r, _ in plan]
+    assert roles.count("mae") == 1 and roles.count("base") == 12 and roles.count("prune") == 8
+    mae = plan[0][1]
+    assert {s["dataset"] for s in mae.sources} == {"speechcommands", "urbansound8k"} and mae.mask_ratio == 0.8
+    base = [c for r, c in plan if r == "base"]
+    groups = {}
+    for c in base:
+        groups.setdefault((c.family, c.dataset), set()).add(c.seed)
+        assert c.keep_rate == 1.0 and c.prune_method is None
+        assert c.size == "tiny" and c.mel == 128 and c.frames % 16 == 0          # 12 blocks, 16x16 patches
+        assert c.init == ("mae:" + mae.hash() if c.family == "audiomae" else None)
+    assert set(groups) == {(f, d) for f in ("ast", "audiomae") for d in ("speechcommands", "urbansound8k")}
+    assert all(len(s) >= 3 for s in groups.values())
+    hashes = {c.hash() for c in base}
+    assert len(hashes) == 12
+    prune = [c for r, c in plan if r == "prune"]
+    assert {c.keep_rate for c in prune} == {0.7, 0.5}
+    for c in prune:
+        assert c.prune_method == "topk" and c.drop_loc == (3, 6, 9)
+        assert c.init.startswith("run:") and c.init[4:] in hashes
+        parent = next(b for b in base if b.hash() == c.init[4:])
+        assert (parent.family, parent.dataset, parent.frames) == (c.family, c.dataset, c.frames)
+
+
+@pytest.mark.slow
+def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
+    from tprune_core import zoo
+    t = time.time()
+    entries = zoo.build_zoo("smoke", threads=1, progress=False)
+    assert time.time() - t < 180
+    assert "total" in capsys.readouterr().out
+    models = [e for e in entries if e["role"] != "mae"]
+    assert all(e["trained"] and 0 <= e["test_accuracy"] <= 1 for e in models)
+    rows = zoo.summarize(entries)
+    assert {(r["family"], r["keep_rate"]) for r in rows} == {(f, k) for f in ("ast", "audiomae") for k in (1.0, 0.7, 0.5)}
+    assert all(r["n_seeds"] == 3 for r in rows if r["keep_rate"] == 1.0)
+    # pruned fine-tunes are cheaper
+    gm = {(r["family"], r["keep_rate"]): r["test_gmacs"] for r in rows}
+    assert gm[("ast", 0.5)] < gm[("ast", 0.7)] < gm[("ast", 1.0)]
+    model, meta = zoo.load_zoo_model(models[0])
+    assert meta["hash"] == models[0]["hash"]
+    # A second build finds everything in the cache.
+    t = time.time()
+    zoo.build_zoo("smoke", progress=False)
+    assert time.time() - t < 20

@@ -1,0 +1,188 @@
+"""`tprune train | eval | zoo`: train a model (cached by config hash), evaluate a checkpoint, build the model zoo.
+Results go to stdout (JSON with --json), progress to stderr."""
+import json
+
+
+def _value(text):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _pairs(items, what):
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"tprune: error: {what} {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.replace("-", "_")] = _value(v)
+    return out
+
+
+def _drop_loc(text):
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise SystemExit(f"tprune: error: --drop-loc {text!r}: expected block indices like 3,6,9")
+
+
+def add_parser(subparsers):
+    p = subparsers.add_parser("train", help="train a model (or find it in the cache); selection on val, then test once")
+    p.add_argument("--family", default="ast", choices=["ast", "audiomae"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
+    p.add_argument("--dataset", default="speechcommands",
+                   help="urbansound8k | speechcommands | esc50 | synthetic (default: speechcommands)")
+    p.add_argument("--protocol", nargs="*", metavar="KEY=VALUE", help="dataset protocol, e.g. test_fold=10")
+    p.add_argument("--profile", default=None, choices=["full", "long", "smoke"],
+                   help="start from the zoo profile's settings for this family/dataset (then apply the flags)")
+    p.add_argument("--pretrained", default=None, metavar="mae|mae:HASH|run:HASH",
+                   help="mae: the zoo's MAE encoder (pretrained first if missing); run:HASH: another run's weights")
+    p.add_argument("--prune-method", default=None, help="pruning-aware fine-tuning with this method (e.g. topk)")
+    p.add_argument("--keep-rate", type=float, default=None, help="target keep rate of the shrink")
+    p.add_argument("--drop-loc", type=_drop_loc, default=None, help="drop blocks, e.g. 3,6,9")
+    for name in ("frames", "data_frames", "epochs", "batch_size", "seed", "freq_mask", "time_mask", "threads",
+                 "ckpt_every"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
+    for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "drop_path",
+                 "prune_hold_epochs", "prune_shrink_epochs"):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
+    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"])
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.epilog = "Unset flags take the TrainConfig defaults (tprune_core/train.py), or the zoo profile's with --profile."
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other TrainConfig field")
+    p.add_argument("--no-test", action="store_true", help="stop after training and selection")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=cmd_train)
+
+    q = subparsers.add_parser("eval", help="evaluate a checkpoint, optionally with token pruning")
+    q.add_argument("--checkpoint", required=True, help="run folder, best.pt, or a run hash under the zoo")
+    q.add_argument("--method", default=None,
+                   help="pruning method (default: as the run was fine-tuned; 'none' for the unpruned model)")
+    q.add_argument("--keep-rate", type=float, default=None,
+                   help="keep rate (default 0.5 with --method; without --method: the run's own method, topk for unpruned runs)")
+    q.add_argument("--drop-loc", type=_drop_loc, default=(3, 6, 9))
+    q.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="method options, e.g. mass=0.9")
+    q.add_argument("--split", default="test", choices=["train", "val", "test"])
+    q.add_argument("--batch-size", type=int, default=128)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_eval)
+
+    z = subparsers.add_parser("zoo", help="train (or find) the model zoo the book uses; prints the total time")
+    z.add_argument("--profile", default="full", choices=["full", "long", "smoke"])
+    z.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    z.add_argument("--device", default="auto")
+    z.add_argument("--list", action="store_true", help="only list the runs and which are built")
+    z.add_argument("--json", action="store_true", help="print the entries as JSON")
+    z.set_defaults(func=cmd_zoo)
+
+
+def cmd_train(args):
+    from ..errors import ConfigError
+    from ..train import TrainConfig, run, train_run, read_json
+    from .. import zoo as zoo_mod
+
+    kw = {}
+    if args.profile:
+        kw = zoo_mod.base_config(args.profile, args.family, args.dataset, args.seed or 0).to_dict()
+    kw.update(family=args.family, size=args.size, dataset=args.dataset)
+    if args.protocol is not None:
+        kw["protocol"] = _pairs(args.protocol, "--protocol")
+    for name in ("frames", "data_frames", "epochs", "batch_size", "seed", "freq_mask", "time_mask", "threads",
+                 "ckpt_every", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup",
+                 "drop_path", "prune_hold_epochs", "prune_shrink_epochs", "precision", "device", "keep_rate",
+                 "drop_loc", "prune_method"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    kw.update(_pairs(args.set, "--set"))
+    if args.pretrained is not None:
+        if args.pretrained == "mae":
+            if args.family != "audiomae":
+                raise ConfigError("--pretrained mae: MAE weights are for --family audiomae")
+            kw["init"] = "mae:" + _ensure_mae(args, kw).hash()
+        else:
+            kw["init"] = args.pretrained
+    cfg = TrainConfig.from_dict(kw)
+    if args.no_test:
+        summary = read_json(train_run(cfg) / "train.json")
+    else:
+        summary = run(cfg)
+    if args.json:
+        print(json.dumps(summary, indent=1, default=str))
+    else:
+        test = summary.get("test", {})
+        print(f"run {summary['hash']}: val acc {summary['val_accuracy']:.4f} (epoch {summary['best_epoch']})"
+              + (f", test acc {test['accuracy']:.4f} on {test['n_clips']} clips" if test else "")
+              + f", {summary['train_seconds']:.0f} s training")
+    return 0
+
+
+def _ensure_mae(args, kw):
+    """The zoo's MAE when this dataset/protocol is one of its sources, else an MAE on this dataset's train split."""
+    from .. import zoo as zoo_mod
+    from ..mae import MAEConfig, pretrain
+    profile = args.profile or "full"
+    cfg = zoo_mod.mae_config(profile)
+    wanted = {"dataset": kw["dataset"], "protocol": kw.get("protocol", {})}
+    if not any(s["dataset"] == wanted["dataset"] and s["protocol"] == wanted["protocol"] for s in cfg.sources):
+        frames = kw.get("data_frames") or kw.get("frames") or 96
+        cfg = MAEConfig(**dict(cfg.to_dict(), sources=[dict(wanted, frames=frames)],
+                               crop_frames=min(cfg.crop_frames, kw.get("frames") or 96)))
+    if kw.get("threads"):
+        cfg.threads = kw["threads"]
+    pretrain(cfg)
+    return cfg
+
+
+def cmd_eval(args):
+    from ..cache import load_features
+    from ..train import TrainConfig, apply_run_pruning, evaluate, load_checkpoint
+
+    model, meta = load_checkpoint(args.checkpoint, args.device)
+    cfg = TrainConfig.from_dict(meta["config"])
+    method = args.method
+    if method is None:
+        apply_run_pruning(model, meta)     # as fine-tuned (nothing for unpruned runs)
+        if args.keep_rate is not None:
+            from ..pruning import apply_pruning, set_keep_rate
+            if hasattr(model, "_tprune"):
+                set_keep_rate(model, args.keep_rate)
+            else:
+                apply_pruning(model, "topk", args.keep_rate, args.drop_loc)
+        method_arg, keep = None, 1.0
+    elif method == "none":
+        method_arg, keep = None, 1.0
+    else:
+        method_arg, keep = method, (0.5 if args.keep_rate is None else args.keep_rate)
+    fs = load_features(cfg.dataset, args.split, frames=cfg.data_frames or cfg.frames, mel_bins=cfg.mel,
+                       progress=not args.json, **cfg.protocol)
+    result = evaluate(model, fs, method=method_arg, keep_rate=keep, drop_loc=args.drop_loc,
+                      batch_size=args.batch_size, options=_pairs(args.option, "--option"), split=args.split)
+    result.update(checkpoint=meta["path"], family=cfg.family, dataset=cfg.dataset, run=meta["hash"],
+                  source=getattr(fs, "source", None))
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"{cfg.family}/{cfg.dataset} {args.split}: accuracy {result['accuracy']:.4f} on {result['n_clips']} "
+              f"clips, {result['gmacs_per_clip']:.4f} GMACs/clip (method {result['method']}, keep {result['keep_rate']})")
+    return 0
+
+
+def cmd_zoo(args):
+    from .. import zoo as zoo_mod
+    if args.list:
+        entries = zoo_mod.zoo_entries(args.profile, require=False)
+        if args.json:
+            print(json.dumps(entries, indent=1, default=str))
+        else:
+            for e in entries:
+                acc = f"test {100 * e['test_accuracy']:.1f}%" if "test_accuracy" in e else ""
+                print(f"{e['hash']}  {e['role']:5s} {e['family']:8s} {e['dataset']:28s} seed {e['seed']} "
+                      f"keep {e.get('keep_rate', '-')!s:4s} {'built' if e['trained'] else 'missing':7s} {acc}")
+        return 0
+    entries = zoo_mod.build_zoo(args.profile, threads=args.threads, progress=not args.json, device=args.device,
+                                report=not args.json)
+    if args.json:
+        print(json.dumps({"entries": entries, "summary": zoo_mod.summarize(entries)}, indent=1, default=str))
+    return 0

@@ -1,0 +1,668 @@
+"""Supervised training, pruning-aware fine-tuning and evaluation of the audio ViTs, with resumable cached runs.
+
+    cfg = TrainConfig(family="ast", dataset="speechcommands", frames=96, epochs=12, seed=0)
+    run_dir = train_run(cfg)          # trains, resumes or finds $TPRUNE_CACHE/zoo/<hash>/ (selection on "val")
+    result = test_run(run_dir)        # the selected checkpoint on "test", once (cached in test.json)
+    model, meta = load_checkpoint(run_dir)
+    evaluate(model, features, method="topk", keep_rate=0.5)   # accuracy, n_clips, gmacs_per_clip, ...
+
+A run lives in a folder named by a hash of every config field that changes its numbers (`config_hash`):
+``state.pt`` (model, optimizer, step, RNG states; rewritten atomically every ``ckpt_every`` steps and after every
+epoch, deleted once the run is done), ``best.pt`` (the epoch with the best validation accuracy: the selected model),
+``log.json`` (config and one row per epoch), ``train.json`` (written last: the run is complete) and ``test.json``.
+Rerunning the same command after a kill continues from ``state.pt`` and ends with the same weights as a run that was
+never interrupted (CPU; the learning-rate and keep-rate schedules are pure functions of the step, the data order of
+an epoch is a pure function of (seed, epoch), and the global RNG states are checkpointed).
+
+Model selection is structural: ``fit`` receives the training and validation FeatureSets only, ``train_run`` loads
+just those two splits, and the test split is read by ``test_run`` alone, after training has finished.
+
+Pruning-aware fine-tuning (``prune_method`` set): the model is patched with ``apply_pruning`` and its keep rate
+follows ``keep_rate_schedule`` every iteration: 1.0 for ``prune_hold_epochs``, a cosine shrink to ``keep_rate`` over
+``prune_shrink_epochs``, then fixed. SpecAugment, mixup (when on) and label smoothing stay on throughout: the shrink
+changes only how many tokens the blocks see, so the network adapts to pruning under the same regularization it was
+trained with. Validation (and so selection) uses the target keep rate at every epoch.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .errors import CheckpointError, ConfigError
+from .models import FAMILIES, PATCH, SIZES, create_model
+
+TRAIN_VERSION = 1   # bump when the training code changes its numbers in a way the config does not show
+# Fields that only change how a run is executed, never its numbers: left out of the hash.
+OPERATIONAL = ("device", "threads", "ckpt_every", "eval_batch_size", "progress")
+
+
+@dataclass
+class TrainConfig:
+    family: str = "ast"                  # ast | audiomae
+    size: str = "tiny"                   # tiny | small | base (12 blocks, 16x16 patches each)
+    dataset: str = "speechcommands"      # any name tprune_core.cache.load_features knows
+    protocol: dict = field(default_factory=dict)   # dataset protocol, e.g. {"test_fold": 10}
+    frames: int = 96                     # model input length (10 ms frames, multiple of 16)
+    data_frames: int | None = None       # frames loaded per clip; > frames: random crops in training, start crop in eval
+    mel: int = 128
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0               # 0 = off
+    label_smoothing: float = 0.1
+    mixup: float = 0.0                   # Beta(a, a) mixing of clip pairs; 0 = off
+    freq_mask: int = 24                  # SpecAugment: widest frequency mask in mel bins (0 = off)
+    time_mask: int = 20                  # widest time mask in frames (0 = off)
+    drop_path: float = 0.1
+    init: str | None = None              # None (from scratch) | "mae:<hash>" (MAE encoder) | "run:<hash>" (a run's best.pt)
+    prune_method: str | None = None      # pruning-aware fine-tuning with this method (see pruning.METHODS)
+    keep_rate: float = 1.0               # target keep rate of the shrink
+    drop_loc: tuple = (3, 6, 9)
+    prune_hold_epochs: float = 1.0       # keep rate 1.0 this long ...
+    prune_shrink_epochs: float = 2.0     # ... then a cosine shrink to keep_rate over this long, then fixed
+    prune_options: dict = field(default_factory=dict)
+    seed: int = 0
+    precision: str = "auto"              # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    # operational (not hashed)
+    device: str = "auto"                 # auto | cpu | cuda | cuda:N
+    threads: int | None = None           # torch CPU threads for this run (None: leave as is)
+    ckpt_every: int = 50                 # steps between mid-epoch checkpoints
+    eval_batch_size: int = 128
+    progress: bool = True
+
+    def __post_init__(self):
+        self.drop_loc = tuple(int(b) for b in self.drop_loc)
+        self.protocol = dict(self.protocol or {})
+        self.prune_options = dict(self.prune_options or {})
+        validate(self)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["drop_loc"] = list(self.drop_loc)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"TrainConfig: unknown field(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**d)
+
+    def hash(self) -> str:
+        return config_hash(self)
+
+
+def validate(cfg: TrainConfig):
+    """Raise ConfigError naming the first field that is out of range."""
+    def need(ok, name, expected):
+        if not ok:
+            raise ConfigError(f"TrainConfig.{name}: expected {expected}, got {getattr(cfg, name)!r}")
+    need(cfg.family in FAMILIES, "family", f"one of {FAMILIES}")
+    need(cfg.size in SIZES, "size", f"one of {tuple(SIZES)}")
+    need(isinstance(cfg.frames, int) and cfg.frames > 0 and cfg.frames % PATCH == 0, "frames",
+         f"a positive multiple of {PATCH}")
+    need(cfg.data_frames is None or (isinstance(cfg.data_frames, int) and cfg.data_frames >= cfg.frames),
+         "data_frames", "None or an int >= frames")
+    need(isinstance(cfg.mel, int) and cfg.mel > 0 and cfg.mel % PATCH == 0, "mel", f"a positive multiple of {PATCH}")
+    need(isinstance(cfg.epochs, int) and cfg.epochs >= 1, "epochs", "an int >= 1")
+    need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "batch_size", "an int >= 1")
+    need(cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr, "lr", "lr > 0 and 0 <= min_lr <= lr")
+    need(0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs", f"a number in [0, epochs={cfg.epochs}]")
+    need(cfg.weight_decay >= 0, "weight_decay", ">= 0")
+    need(cfg.grad_clip >= 0, "grad_clip", ">= 0")
+    need(0 <= cfg.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
+    need(cfg.mixup >= 0, "mixup", ">= 0")
+    need(cfg.freq_mask >= 0 and cfg.time_mask >= 0, "freq_mask", "mask widths >= 0")
+    need(0 <= cfg.drop_path < 1, "drop_path", "a number in [0, 1)")
+    need(cfg.init is None or (isinstance(cfg.init, str) and cfg.init.split(":", 1)[0] in ("mae", "run")
+                              and len(cfg.init.split(":", 1)) == 2), "init", "None, 'mae:<hash>' or 'run:<hash>'")
+    need(not (cfg.init or "").startswith("mae:") or cfg.family == "audiomae", "init",
+         "MAE weights only for family='audiomae'")
+    need(0 < cfg.keep_rate <= 1, "keep_rate", "a number in (0, 1]")
+    need(cfg.prune_method is not None or cfg.keep_rate == 1.0, "keep_rate", "1.0 when prune_method is None")
+    need(cfg.prune_hold_epochs >= 0 and cfg.prune_shrink_epochs >= 0 and (
+         cfg.prune_method is None or cfg.prune_hold_epochs + cfg.prune_shrink_epochs <= cfg.epochs), "prune_hold_epochs",
+         f"hold + shrink epochs within epochs={cfg.epochs}")
+    need(cfg.precision in ("auto", "fp32", "bf16"), "precision", "'auto', 'fp32' or 'bf16'")
+    need(isinstance(cfg.ckpt_every, int) and cfg.ckpt_every >= 1, "ckpt_every", "an int >= 1")
+    if cfg.prune_method is not None:
+        from .pruning import METHODS
+        need(cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
+
+
+def config_hash(cfg) -> str:
+    """12 hex digits of sha256 over every field that changes a run's numbers (and the code version)."""
+    d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL}
+    d["_kind"], d["_version"] = type(cfg).__name__, TRAIN_VERSION
+    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------------------------- files and folders
+
+def zoo_root() -> Path:
+    from .cache import cache_root
+    return cache_root() / "zoo"
+
+
+def run_dir_for(cfg) -> Path:
+    return zoo_root() / cfg.hash()
+
+
+def save_atomic(obj, path: Path):
+    """torch.save / JSON to a temporary file in the same folder, fsync, then rename: never half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if path.suffix == ".json":
+                f.write(json.dumps(obj, indent=1, default=str).encode())
+            else:
+                torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def load_torch(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a damaged or foreign file: say which
+        raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from exc
+
+
+def weights_digest(model) -> str:
+    """sha256 of every tensor of the state_dict (names and bytes): a fingerprint to compare runs bit for bit."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- schedules
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float = 0.0) -> float:
+    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then a cosine down to ``min_lr`` at ``total_steps``."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    t = min(1.0, (step - warmup_steps) / span)
+    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def keep_rate_schedule(step: int, total_steps: int, target: float, hold_steps: int, shrink_steps: int) -> float:
+    """Keep rate at iteration ``step``: 1.0 for ``hold_steps``, a cosine from 1.0 to ``target`` over
+    ``shrink_steps``, then ``target`` up to ``total_steps``."""
+    if not 0 < target <= 1:
+        raise ConfigError(f"keep_rate_schedule: target must be in (0, 1], got {target!r}")
+    if hold_steps < 0 or shrink_steps < 0 or hold_steps + shrink_steps > total_steps:
+        raise ConfigError(f"keep_rate_schedule: hold_steps={hold_steps} + shrink_steps={shrink_steps} must be "
+                          f"non-negative and fit in total_steps={total_steps}")
+    if not 0 <= step <= total_steps:
+        raise ConfigError(f"keep_rate_schedule: step {step} outside 0..{total_steps}")
+    if step < hold_steps:
+        return 1.0
+    if step >= hold_steps + shrink_steps:
+        return float(target)
+    t = (step - hold_steps) / shrink_steps
+    return float(target + (1.0 - target) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# ---------------------------------------------------------------------------------------------- augmentation
+
+def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
+    """(B, T, mel) -> (B, frames, mel): a random window per clip (training) or the first ``frames`` (evaluation,
+    matching features.pad_or_crop)."""
+    t = x.shape[1]
+    if t == frames:
+        return x
+    if t < frames:
+        raise ConfigError(f"features have {t} frames; the model needs at least {frames}")
+    if not random:
+        return x[:, :frames]
+    start = torch.randint(0, t - frames + 1, (x.shape[0],), generator=generator)
+    idx = (start[:, None] + torch.arange(frames)).to(x.device)
+    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
+
+
+class SpecAugment(torch.nn.Module):
+    """One frequency mask and one time mask per clip (torchaudio, iid over the batch), on (B, frames, mel)."""
+
+    def __init__(self, freq_mask: int, time_mask: int):
+        super().__init__()
+        import torchaudio.transforms as T
+        self.freq = T.FrequencyMasking(freq_mask, iid_masks=True) if freq_mask else None
+        self.time = T.TimeMasking(time_mask, iid_masks=True) if time_mask else None
+
+    def forward(self, x):
+        spec = x.transpose(1, 2).unsqueeze(1)   # torchaudio wants (..., freq, time); 0 is the normalized mean
+        if self.freq is not None:
+            spec = self.freq(spec)
+        if self.time is not None:
+            spec = self.time(spec)
+        return spec.squeeze(1).transpose(1, 2)
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r}: CUDA is not available on this machine")
+    return dev
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA by default (no loss scaler needed), on CPU only when asked for."""
+    use = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None):
+    old = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def deterministic(device: torch.device):
+    """Deterministic kernels on CPU (cheap there); on CUDA they would need CUBLAS_WORKSPACE_CONFIG and cost speed."""
+    old = torch.are_deterministic_algorithms_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old)
+
+
+def rng_state(device: torch.device) -> dict:
+    s = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        s["cuda"] = torch.cuda.get_rng_state(device)
+    return s
+
+
+def set_rng_state(state: dict, device: torch.device):
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+def build_model(cfg: TrainConfig, num_classes: int):
+    """The config's model, initialized from scratch, from an MAE encoder or from another run's selected weights."""
+    model = create_model(cfg.family, cfg.size, cfg.frames, num_classes, mel=cfg.mel, drop_path_rate=cfg.drop_path)
+    if cfg.init is None:
+        return model
+    kind, ref = cfg.init.split(":", 1)
+    if kind == "mae":
+        from .mae import load_encoder
+        load_encoder(model, zoo_root() / ref / "encoder.pt")
+    else:
+        parent = load_torch(_best_path(zoo_root() / ref))
+        pc = parent["config"]
+        if (pc["family"], pc["size"], pc["frames"], pc["mel"]) != (cfg.family, cfg.size, cfg.frames, cfg.mel):
+            raise CheckpointError(f"init={cfg.init}: parent run is {pc['family']}/{pc['size']}/{pc['frames']} frames, "
+                                  f"this config needs {cfg.family}/{cfg.size}/{cfg.frames}")
+        if len(parent["classes"]) != num_classes:
+            raise CheckpointError(f"init={cfg.init}: parent has {len(parent['classes'])} classes, data has {num_classes}")
+        model.load_state_dict(parent["model"])
+    return model
+
+
+def param_groups(model, weight_decay: float) -> list:
+    """No weight decay on biases, norms, position embeddings and prefix tokens (as DeiT/MAE)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or name in ("pos_embed", "cls_token", "reg_token") or name.endswith("_token")
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _best_path(path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint here; expected a run folder holding best.pt or a .pt file")
+    return path
+
+
+def load_checkpoint(path, device="cpu"):
+    """(model, meta) from a run folder, a best.pt, or a run hash under the zoo. ``meta``: config, classes, norm,
+    epoch, val metrics. The model is unpatched (apply the run's pruning with ``apply_run_pruning`` if wanted)."""
+    p = Path(path)
+    if not p.exists() and (zoo_root() / str(path)).exists():
+        p = zoo_root() / str(path)
+    ck = load_torch(_best_path(p))
+    for key in ("model", "config", "classes"):
+        if key not in ck:
+            raise CheckpointError(f"{_best_path(p)}: not a tprune training checkpoint (no {key!r})")
+    cfg = TrainConfig.from_dict(ck["config"])
+    model = create_model(cfg.family, cfg.size, cfg.frames, len(ck["classes"]), mel=cfg.mel)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    meta = {k: v for k, v in ck.items() if k != "model"}
+    meta["path"] = str(_best_path(p))
+    return model.to(device), meta
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+def _prune_state(model):
+    st = getattr(model, "_tprune", None)
+    return None if st is None else (st.method, st.keep_rate, st.drop_loc, dict(st.options))
+
+
+@torch.no_grad()
+def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), batch_size=128, options=None,
+             split=None, precision="fp32", progress=False) -> dict:
+    """Accuracy and mean GMACs per clip of ``model`` on a FeatureSet (or anything with ``.x``, ``.y``).
+
+    ``method=None`` evaluates the model as it is (patched or not); a method patches it for the call and puts the
+    previous state back afterwards. Clips longer than the model's input are cut to their first ``model.frames``.
+    """
+    from .macs import model_macs
+    from .pruning import apply_pruning, remove_pruning
+    x_all, y_all = features.x, torch.as_tensor(features.y)
+    if x_all.dim() != 3 or x_all.shape[2] != model.mel:
+        raise ConfigError(f"evaluate: features must be (N, frames, {model.mel}), got {tuple(x_all.shape)}")
+    if len(x_all) == 0:
+        raise ConfigError("evaluate: the feature set is empty")
+    device = next(model.parameters()).device
+    before = _prune_state(model)
+    options = dict(options or {})
+    if method is not None:
+        apply_pruning(model, method, keep_rate, drop_loc, **options)
+    state = _prune_state(model)
+    was_training = model.training
+    model.eval()
+    correct, macs, tokens = 0, [], []
+    try:
+        bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
+                   disable=not progress, file=sys.stderr)
+        for i in bar:
+            x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
+            with autocast(device, precision):
+                logits = model(x)
+            correct += (logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum().item()
+            t = model.tprune_last["tokens"] if state is not None else None
+            m = model_macs(model, t)
+            macs.append(m.expand(len(x)) if m.numel() == 1 else m)
+            if t is not None:
+                tokens.append(t[..., 0].float())
+    finally:
+        if method is not None:
+            remove_pruning(model)
+            if before is not None:
+                apply_pruning(model, before[0], before[1], before[2], **before[3])
+        model.train(was_training)
+    n = len(x_all)
+    out = {"accuracy": correct / n, "n_clips": n, "n_correct": correct,
+           "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,
+           "method": state[0] if state else None, "keep_rate": state[1] if state else 1.0,
+           "drop_loc": list(state[2]) if state else list(drop_loc),
+           "split": split if split is not None else getattr(features, "split", None) or None}
+    if tokens:
+        out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+def load_split(cfg: TrainConfig, split: str, progress: bool = True):
+    """One split of the config's dataset, normalized with its training-split statistics."""
+    from .cache import load_features
+    return load_features(cfg.dataset, split, frames=cfg.data_frames or cfg.frames, mel_bins=cfg.mel,
+                         progress=progress, **cfg.protocol)
+
+
+def _check_sets(cfg, train_set, val_set):
+    for name, fs in (("train", train_set), ("val", val_set)):
+        if fs.x.dim() != 3 or fs.x.shape[2] != cfg.mel or fs.x.shape[1] < cfg.frames:
+            raise ConfigError(f"{name} features: expected (N, >= {cfg.frames}, {cfg.mel}), got {tuple(fs.x.shape)}")
+        if len(fs.x) != len(fs.y):
+            raise ConfigError(f"{name} features: {len(fs.x)} clips but {len(fs.y)} labels")
+    if list(train_set.classes) != list(val_set.classes):
+        raise ConfigError("train and val features have different class lists")
+    if len(train_set.x) < cfg.batch_size:
+        raise ConfigError(f"TrainConfig.batch_size: {cfg.batch_size} is more than the {len(train_set.x)} training clips")
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
+    """Train ``cfg`` on ``train_set``, select the epoch with the best accuracy on ``val_set``; resumable.
+
+    Never sees the test split (it is not an argument). Returns the summary also written to ``train.json``.
+    """
+    from .pruning import apply_pruning, set_keep_rate
+    run_dir = Path(run_dir)
+    _check_sets(cfg, train_set, val_set)
+    device = resolve_device(cfg.device)
+    classes = list(train_set.classes)
+    x_train, y_train = train_set.x, torch.as_tensor(train_set.y)
+    n = len(x_train)
+    steps_per_epoch = n // cfg.batch_size           # the last partial batch is dropped
+    total = steps_per_epoch * cfg.epochs
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    hold = min(round(cfg.prune_hold_epochs * steps_per_epoch), total)
+    shrink = min(round(cfg.prune_shrink_epochs * steps_per_epoch), total - hold)   # rounding must not overrun
+    tag = f"{cfg.family}/{cfg.dataset}/s{cfg.seed}" + (f"/{cfg.prune_method}@{cfg.keep_rate:g}" if cfg.prune_method else "")
+
+    with cpu_threads(cfg.threads), deterministic(device):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, len(classes)).to(device)
+        if cfg.prune_method:
+            apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc, **cfg.prune_options)
+        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        augment = SpecAugment(cfg.freq_mask, cfg.time_mask)
+        step, history, best, elapsed = 0, [], None, 0.0
+        state_path = run_dir / "state.pt"
+        if state_path.is_file():
+            st = load_torch(state_path)
+            if st.get("hash") != cfg.hash():
+                raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {cfg.hash()}")
+            model.load_state_dict(st["model"])
+            opt.load_state_dict(st["optimizer"])
+            set_rng_state(st["rng"], device)
+            step, history, best, elapsed = st["step"], st["history"], st["best"], st["elapsed"]
+            partial = st.get("epoch_stats", (0.0, 0.0, 0.0))
+            if cfg.prune_method:
+                model._tprune.calls = st.get("prune_calls", 0)
+            print(f"[{tag}] resuming {run_dir.name} at step {step}/{total} (epoch {step // steps_per_epoch + 1})",
+                  file=sys.stderr)
+        else:
+            partial = (0.0, 0.0, 0.0)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_atomic({"hash": cfg.hash(), "config": cfg.to_dict()}, run_dir / "config.json")
+        threads = torch.get_num_threads()
+
+        def save_state():
+            save_atomic({"hash": cfg.hash(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                         "rng": rng_state(device), "step": step, "history": history, "best": best,
+                         "elapsed": elapsed + time.perf_counter() - t_session,
+                         "epoch_stats": (loss_sum, correct, seen),
+                         "prune_calls": model._tprune.calls if cfg.prune_method else 0}, state_path)
+
+        t_session, steps_session = time.perf_counter(), 0
+        model.train()
+        while step < total:
+            epoch, first = divmod(step, steps_per_epoch)
+            # The epoch's clip order depends only on (seed, epoch): a resumed run sees the same batches.
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+            # Running loss/accuracy of this epoch (restored mid-epoch so the log matches an uninterrupted run).
+            loss_sum, correct, seen = partial if first else (0.0, 0.0, 0.0)
+            bar = tqdm(range(first, steps_per_epoch), desc=f"{tag} ep {epoch + 1}/{cfg.epochs}", unit="it",
+                       leave=False, disable=not cfg.progress, file=sys.stderr, initial=first, total=steps_per_epoch,
+                       mininterval=0.5 if sys.stderr.isatty() else 30.0)
+            for b in bar:
+                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                x = crop_frames(x_train[idx].float(), cfg.frames, random=True)
+                x, y = augment(x), y_train[idx]
+                if cfg.mixup > 0:
+                    lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+                    mate = torch.randperm(len(idx))
+                    x = lam * x + (1 - lam) * x[mate]
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                kr = keep_rate_schedule(step, total, cfg.keep_rate, hold, shrink) if cfg.prune_method else 1.0
+                if cfg.prune_method:
+                    set_keep_rate(model, kr)
+                with autocast(device, cfg.precision):
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                    if cfg.mixup > 0:
+                        loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate],
+                                                                        label_smoothing=cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower TrainConfig.lr "
+                                      f"(now {cfg.lr}) or use precision='fp32'")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                opt.step()
+                step += 1
+                steps_session += 1
+                loss_sum += loss.item() * len(idx)
+                correct += (logits.argmax(1) == y).sum().item()
+                seen += len(idx)
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                                **({"keep": f"{kr:.2f}"} if cfg.prune_method else {}))
+                if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
+                    save_state()
+            bar.close()
+            # End of epoch: validate at the target keep rate, keep the best, checkpoint.
+            if cfg.prune_method:
+                set_keep_rate(model, cfg.keep_rate)
+            val = evaluate(model, val_set, batch_size=cfg.eval_batch_size, split="val", precision=cfg.precision)
+            row = {"epoch": epoch + 1, "step": step, "lr": lr, "keep_rate": kr,
+                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                   "val_acc": val["accuracy"], "val_gmacs": val["gmacs_per_clip"],
+                   "seconds": elapsed + time.perf_counter() - t_session}
+            history.append(row)
+            if best is None or val["accuracy"] > best["val_acc"]:
+                best = {"epoch": epoch + 1, "val_acc": val["accuracy"], "val": val}
+                save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "hash": cfg.hash(),
+                             "classes": classes, "norm": getattr(train_set, "norm", None), "epoch": epoch + 1,
+                             "val": val, "train_version": TRAIN_VERSION}, run_dir / "best.pt")
+            save_state()
+            save_atomic({"hash": cfg.hash(), "config": cfg.to_dict(), "history": history}, run_dir / "log.json")
+            rate = (time.perf_counter() - t_session) / max(steps_session, 1)
+            eta = rate * (total - step)
+            tqdm.write(f"[{tag}] epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "
+                       f"train_acc {row['train_acc']:.3f}  val_acc {row['val_acc']:.3f}  "
+                       + (f"keep {kr:.2f}  " if cfg.prune_method else "")
+                       + f"lr {lr:.2e}  {row['seconds']:.0f}s  ETA {eta:.0f}s", file=sys.stderr)
+
+    summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "classes": classes, "best_epoch": best["epoch"],
+               "val_accuracy": best["val_acc"], "val": best["val"], "history": history,
+               "train_seconds": history[-1]["seconds"], "steps": total, "device": str(device),
+               "threads": threads,
+               "torch": torch.__version__, "n_train": n, "n_val": len(val_set.x),
+               "train_source": getattr(train_set, "source", None), "final_sha256": weights_digest(model)}
+    save_atomic(summary, run_dir / "train.json")
+    state_path.unlink(missing_ok=True)   # optimizer state is only needed to resume
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+def is_trained(cfg: TrainConfig) -> bool:
+    return (run_dir_for(cfg) / "train.json").is_file()
+
+
+def train_run(cfg: TrainConfig) -> Path:
+    """Train (or resume, or find finished) the run of ``cfg``; returns its folder. Loads train and val only."""
+    run_dir = run_dir_for(cfg)
+    if (run_dir / "train.json").is_file():
+        return run_dir
+    if cfg.init and cfg.init.startswith("run:") and not (zoo_root() / cfg.init[4:] / "train.json").is_file():
+        raise CheckpointError(f"init={cfg.init}: that run is not finished under {zoo_root()}")
+    if cfg.init and cfg.init.startswith("mae:") and not (zoo_root() / cfg.init[4:] / "encoder.pt").is_file():
+        raise CheckpointError(f"init={cfg.init}: no pretrained encoder under {zoo_root() / cfg.init[4:]}")
+    train_set = load_split(cfg, "train", cfg.progress)
+    val_set = load_split(cfg, "val", cfg.progress)
+    fit(cfg, train_set, val_set, run_dir)
+    return run_dir
+
+
+def apply_run_pruning(model, meta: dict):
+    """Patch a loaded model with the pruning its run was fine-tuned for (no-op for unpruned runs)."""
+    from .pruning import apply_pruning
+    c = meta["config"]
+    if c.get("prune_method"):
+        apply_pruning(model, c["prune_method"], c["keep_rate"], tuple(c["drop_loc"]), **c.get("prune_options", {}))
+    return model
+
+
+def test_run(run_dir, progress: bool = True) -> dict:
+    """Evaluate a finished run's selected checkpoint on the test split, once: the result is kept in test.json.
+    Pruning-aware runs are evaluated with their own method and target keep rate."""
+    run_dir = Path(run_dir)
+    if (run_dir / "test.json").is_file():
+        return read_json(run_dir / "test.json")
+    if not (run_dir / "train.json").is_file():
+        raise CheckpointError(f"{run_dir}: training is not finished (no train.json); the test split is read only "
+                              "after model selection")
+    model, meta = load_checkpoint(run_dir)
+    cfg = TrainConfig.from_dict(meta["config"])
+    model = apply_run_pruning(model.to(resolve_device(cfg.device)), meta)
+    test_set = load_split(cfg, "test", progress)
+    with cpu_threads(cfg.threads):
+        result = evaluate(model, test_set, batch_size=cfg.eval_batch_size, split="test", precision=cfg.precision)
+    result.update(hash=cfg.hash(), epoch=meta["epoch"], val_accuracy=meta["val"]["accuracy"],
+                  source=getattr(test_set, "source", None))
+    save_atomic(result, run_dir / "test.json")
+    return result
+
+
+def run(cfg: TrainConfig) -> dict:
+    """train_run then test_run; returns the summary with ``test`` metrics."""
+    run_dir = train_run(cfg)
+    summary = read_json(run_dir / "train.json")
+    summary["test"] = test_run(run_dir, cfg.progress)
+    summary["run_dir"] = str(run_dir)
+    return summary

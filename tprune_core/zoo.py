@@ -1,0 +1,256 @@
+"""The laptop-scale model zoo the chapters draw on: its spec as plain data, `build_zoo` and the lookup functions.
+
+    build_zoo("full")                       # train (or find in $TPRUNE_CACHE/zoo) every model, print the total time
+    entries = zoo_entries("full")           # one dict per model: family, dataset, seed, keep_rate, hash, val, test...
+    model, meta = load_zoo_model(entries[0])
+    table = summarize(entries)              # test accuracy mean ± std over seeds per (family, dataset, keep rate)
+
+Profiles (`ZOO`):
+- ``full``: {ast, audiomae} x {speechcommands, urbansound8k} at keep rate 1.0 with 3 seeds; AST-style models from
+  scratch (no ImageNet/AudioSet weights can be had here), AudioMAE-style models fine-tuned from one MAE pretrained on
+  the pooled *training* splits of both datasets; then pruning-aware fine-tunes (``topk``, keep rates 0.7 and 0.5,
+  drop locations 3,6,9) of the seed-0 model of every (family, dataset). 12 blocks, 16x16 patches, 128 mel bins;
+  ViT-tiny (192-dim) so it trains on 2 CPU cores.
+- ``long``: the same recipe with longer schedules (MAE 100 epochs, Speech Commands 30, UrbanSound8K 20) for a GPU or
+  a patient CPU.
+- ``smoke``: the same structure on a small synthetic set, a few steps per run (under a minute on 2 cores), for the
+  book's smoke build.
+
+Budget of ``full`` on 2 idle CPU cores (bf16 autocast), from measured seconds per epoch: MAE ~20 s/epoch x 25,
+Speech Commands ~34 s/epoch x 8 x 6 runs, UrbanSound8K ~11 s/epoch x 10 x 6 runs, fine-tunes 3 epochs x 8 runs:
+about 55 minutes. On a machine shared with other work, torch's default of 2 threads can run many times slower
+(spin-waiting threads); pass ``threads=1`` (``tprune zoo --threads 1``) there.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import time
+
+from .errors import ConfigError
+from .mae import MAEConfig, pretrain
+from .train import TrainConfig, load_checkpoint, read_json, test_run, train_run, zoo_root
+
+# Everything below is plain data. "models" holds, per dataset, the TrainConfig fields shared by both families and
+# per family the fields that differ; "prune" the fine-tune settings layered over the seed-0 model's config.
+ZOO = {
+    "full": {
+        "families": ["ast", "audiomae"],
+        "seeds": [0, 1, 2],
+        "common": {"size": "tiny", "precision": "bf16", "batch_size": 32, "label_smoothing": 0.1,
+                   "weight_decay": 0.05, "drop_path": 0.1, "freq_mask": 24, "warmup_epochs": 1.0},
+        "datasets": {
+            # Speech Commands: 1 s clips -> 98 fbank frames; the model reads the first 96 (6 x 8 = 48 patches).
+            "speechcommands": {"protocol": {}, "frames": 96, "data_frames": None, "time_mask": 20, "epochs": 8},
+            # UrbanSound8K: train on fold 1, test on fold 10; 4 s clips are loaded whole (400 frames) and the model
+            # reads 128-frame windows (8 x 8 = 64 patches): random windows in training, the first in evaluation.
+            "urbansound8k": {"protocol": {"test_fold": 10}, "frames": 128, "data_frames": 400, "time_mask": 24,
+                             "epochs": 10},
+        },
+        # lr 1e-3 left the from-scratch AST at chance on Speech Commands; 3e-4 and 1e-4 learned alike.
+        "family_overrides": {"ast": {"lr": 3e-4}, "audiomae": {"lr": 5e-4}},
+        "mae": {"crop_frames": 96, "epochs": 25, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 2.0,
+                "mask_ratio": 0.8, "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
+        "prune": {"method": "topk", "keep_rates": [0.7, 0.5], "drop_loc": [3, 6, 9], "seeds": [0],
+                  "epochs": 3, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.5,
+                  "prune_shrink_epochs": 1.5},
+    },
+    # The same recipe trained longer, for a GPU or a patient CPU: about 3 h on 2 idle cores, about 20 min on one
+    # H200 (estimates from measured seconds per epoch; this profile was not run end to end).
+    "long": {
+        "families": ["ast", "audiomae"],
+        "seeds": [0, 1, 2],
+        "common": {"size": "tiny", "precision": "bf16", "batch_size": 32, "label_smoothing": 0.1,
+                   "weight_decay": 0.05, "drop_path": 0.1, "freq_mask": 24, "warmup_epochs": 1.0},
+        "datasets": {
+            "speechcommands": {"protocol": {}, "frames": 96, "data_frames": None, "time_mask": 20, "epochs": 30},
+            "urbansound8k": {"protocol": {"test_fold": 10}, "frames": 128, "data_frames": 400, "time_mask": 24,
+                             "epochs": 20},
+        },
+        "family_overrides": {"ast": {"lr": 3e-4}, "audiomae": {"lr": 5e-4}},
+        "mae": {"crop_frames": 96, "epochs": 100, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 2.0,
+                "mask_ratio": 0.8, "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
+        "prune": {"method": "topk", "keep_rates": [0.7, 0.5], "drop_loc": [3, 6, 9], "seeds": [0],
+                  "epochs": 5, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 1.0,
+                  "prune_shrink_epochs": 2.0},
+    },
+    # Two synthetic 10-class sets standing in for the two real ones, a few steps each: for the book's smoke build.
+    "smoke": {
+        "families": ["ast", "audiomae"],
+        "seeds": [0, 1, 2],
+        "common": {"size": "tiny", "precision": "fp32", "batch_size": 16, "ckpt_every": 1000, "lr": 5e-4,
+                   "warmup_epochs": 0.5, "drop_path": 0.0},
+        "datasets": {
+            "synthetic": {"protocol": {"flavour": "speech", "per_class": 20, "seconds": 0.4}, "frames": 32,
+                          "data_frames": 48, "time_mask": 6, "epochs": 4},
+        },
+        "family_overrides": {},
+        "mae": {"crop_frames": 32, "epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 0.0,
+                "mask_ratio": 0.8, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2},
+        "prune": {"method": "topk", "keep_rates": [0.7, 0.5], "drop_loc": [3, 6, 9], "seeds": [0],
+                  "epochs": 1, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.25,
+                  "prune_shrink_epochs": 0.5},
+    },
+}
+
+def _spec(profile: str) -> dict:
+    if profile not in ZOO:
+        raise ConfigError(f"zoo profile: expected one of {sorted(ZOO)}, got {profile!r}")
+    return ZOO[profile]
+
+
+def mae_config(profile: str = "full", **overrides) -> MAEConfig:
+    """The MAE pretrained for a profile: the TRAINING splits of all its datasets pooled."""
+    spec = _spec(profile)
+    sources = [{"dataset": name, "protocol": d["protocol"], "frames": d["data_frames"] or d["frames"]}
+               for name, d in spec["datasets"].items()]
+    kw = dict(spec["mae"], size=spec["common"]["size"], sources=sources, seed=0)
+    if "precision" in spec["common"]:
+        kw["precision"] = spec["common"]["precision"]
+    kw.update(overrides)
+    return MAEConfig(**kw)
+
+
+def base_config(profile: str, family: str, dataset: str, seed: int, **overrides) -> TrainConfig:
+    """The keep-rate-1.0 model of (family, dataset, seed) in a profile."""
+    spec = _spec(profile)
+    if dataset not in spec["datasets"]:
+        raise ConfigError(f"zoo {profile}: dataset {dataset!r} not in {sorted(spec['datasets'])}")
+    kw = dict(spec["common"])
+    kw.update(spec["datasets"][dataset])
+    kw.update(spec["family_overrides"].get(family, {}))
+    kw.update(family=family, dataset=dataset, seed=seed)
+    if family == "audiomae":
+        kw["init"] = "mae:" + mae_config(profile).hash()
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def prune_config(profile: str, family: str, dataset: str, keep_rate: float, seed: int = 0, **overrides) -> TrainConfig:
+    """Pruning-aware fine-tune of the seed-``seed`` base model: starts from its selected weights."""
+    spec = _spec(profile)
+    parent = base_config(profile, family, dataset, seed)
+    p = dict(spec["prune"])
+    kw = parent.to_dict()
+    kw.update({k: v for k, v in p.items() if k not in ("method", "keep_rates", "seeds")})
+    kw.update(init="run:" + parent.hash(), prune_method=p["method"], keep_rate=keep_rate, seed=seed)
+    kw.update(overrides)
+    return TrainConfig(**kw)
+
+
+def zoo_plan(profile: str = "full") -> list:
+    """Every run of a profile, in training order: (role, config). Roles: mae, base, prune."""
+    spec = _spec(profile)
+    plan = []
+    if "audiomae" in spec["families"]:
+        plan.append(("mae", mae_config(profile)))
+    for dataset in spec["datasets"]:
+        for family in spec["families"]:
+            for seed in spec["seeds"]:
+                plan.append(("base", base_config(profile, family, dataset, seed)))
+    for dataset in spec["datasets"]:
+        for family in spec["families"]:
+            for seed in spec["prune"]["seeds"]:
+                for kr in spec["prune"]["keep_rates"]:
+                    plan.append(("prune", prune_config(profile, family, dataset, kr, seed)))
+    return plan
+
+
+def _entry(role, cfg) -> dict:
+    run_dir = zoo_root() / cfg.hash()
+    e = {"role": role, "hash": cfg.hash(), "run_dir": str(run_dir)}
+    if role == "mae":
+        e.update(family="audiomae", dataset="+".join(s["dataset"] for s in cfg.sources), seed=cfg.seed,
+                 trained=(run_dir / "mae.json").is_file(), encoder=str(run_dir / "encoder.pt"))
+        if e["trained"]:
+            s = read_json(run_dir / "mae.json")
+            e.update(train_seconds=s["train_seconds"], final_loss=s["final_loss"])
+        return e
+    e.update(family=cfg.family, dataset=cfg.dataset, protocol=cfg.protocol, seed=cfg.seed, frames=cfg.frames,
+             method=cfg.prune_method, keep_rate=cfg.keep_rate, drop_loc=list(cfg.drop_loc), init=cfg.init,
+             checkpoint=str(run_dir / "best.pt"), trained=(run_dir / "train.json").is_file(), config=cfg.to_dict())
+    if e["trained"]:
+        s = read_json(run_dir / "train.json")
+        e.update(val_accuracy=s["val_accuracy"], best_epoch=s["best_epoch"], train_seconds=s["train_seconds"],
+                 source=s.get("train_source"))
+    if (run_dir / "test.json").is_file():
+        t = read_json(run_dir / "test.json")
+        e.update(test_accuracy=t["accuracy"], test_gmacs=t["gmacs_per_clip"], n_test=t["n_clips"])
+    return e
+
+
+def zoo_entries(profile: str = "full", require: bool = True) -> list:
+    """Metadata of every model of a profile (the chapters' entry point). ``require``: raise if any is missing."""
+    entries = [_entry(role, cfg) for role, cfg in zoo_plan(profile)]
+    missing = [e for e in entries if not e["trained"] or (e["role"] != "mae" and "test_accuracy" not in e)]
+    if require and missing:
+        names = ", ".join(f"{e['role']}:{e['family']}/{e['dataset']}/s{e['seed']}" for e in missing[:4])
+        raise ConfigError(f"zoo {profile}: {len(missing)} of {len(entries)} models not built under {zoo_root()} "
+                          f"({names}{', ...' if len(missing) > 4 else ''}); run `tprune zoo --profile {profile}`")
+    return entries
+
+
+def load_zoo_model(entry: dict, device="cpu"):
+    """(model, meta) of a zoo entry (unpatched; ``train.apply_run_pruning(model, meta)`` adds the run's pruning)."""
+    if entry["role"] == "mae":
+        raise ConfigError("load_zoo_model: the MAE entry holds an encoder, not a classifier")
+    return load_checkpoint(entry["run_dir"], device)
+
+
+def summarize(entries: list) -> list:
+    """Test accuracy mean ± std over seeds per (family, dataset, method, keep rate), plus mean training time."""
+    groups = {}
+    for e in entries:
+        if e["role"] == "mae" or "test_accuracy" not in e:
+            continue
+        groups.setdefault((e["family"], e["dataset"], e["method"], e["keep_rate"]), []).append(e)
+    rows = []
+    for (family, dataset, method, kr), es in groups.items():
+        acc = [e["test_accuracy"] for e in es]
+        rows.append({"family": family, "dataset": dataset, "method": method, "keep_rate": kr, "n_seeds": len(es),
+                     "test_acc_mean": statistics.fmean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+                     "val_acc_mean": statistics.fmean(e["val_accuracy"] for e in es),
+                     "test_gmacs": es[0]["test_gmacs"],
+                     "train_seconds_mean": statistics.fmean(e["train_seconds"] for e in es)})
+    return rows
+
+
+def format_summary(rows: list) -> str:
+    lines = [f"{'family':9s} {'dataset':15s} {'keep':>5s} {'seeds':>5s} {'test acc':>15s} {'val acc':>7s} "
+             f"{'GMACs':>6s} {'train s':>7s}"]
+    for r in rows:
+        lines.append(f"{r['family']:9s} {r['dataset']:15s} {r['keep_rate']:5.2f} {r['n_seeds']:5d} "
+                     f"{100 * r['test_acc_mean']:6.1f} ± {100 * r['test_acc_std']:4.1f} % {100 * r['val_acc_mean']:6.1f}% "
+                     f"{r['test_gmacs']:6.3f} {r['train_seconds_mean']:7.0f}")
+    return "\n".join(lines)
+
+
+def build_zoo(profile: str = "full", threads: int | None = None, progress: bool = True, device: str = "auto",
+              report: bool = True) -> list:
+    """Train (or find in the cache) every model of a profile, test each selected checkpoint once, print the
+    accuracy table (stdout, when ``report``) and the total wall time; returns ``zoo_entries(profile)``."""
+    t0 = time.perf_counter()
+    plan = zoo_plan(profile)
+    done_before = sum(_entry(r, c)["trained"] for r, c in plan)
+    print(f"tprune zoo {profile}: {len(plan)} runs ({done_before} already in {zoo_root()})", file=sys.stderr)
+    for i, (role, cfg) in enumerate(plan, 1):
+        cfg = copy.copy(cfg)
+        cfg.threads, cfg.progress, cfg.device = threads, progress, device  # operational: hash unchanged
+        t = time.perf_counter()
+        if role == "mae":
+            pretrain(cfg)
+        else:
+            test_run(train_run(cfg), progress)
+        e = _entry(role, cfg)
+        acc = f"  test acc {100 * e['test_accuracy']:.1f}%" if "test_accuracy" in e else ""
+        print(f"[zoo {i}/{len(plan)}] {role} {e['family']}/{e['dataset']} seed {e['seed']}"
+              + (f" keep {e['keep_rate']}" if role == "prune" else "") + f"  {time.perf_counter() - t:.0f}s{acc}",
+              file=sys.stderr)
+    entries = zoo_entries(profile)
+    total = time.perf_counter() - t0
+    if report:
+        print(format_summary(summarize(entries)))
+    print(f"tprune zoo {profile}: total {total:.0f} s ({total / 60:.1f} min) for {len(plan)} runs, "
+          f"{len(plan) - done_before} trained now", file=sys.stdout if report else sys.stderr)
+    return entries
