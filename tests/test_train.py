@@ -302,3 +302,15 @@ def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     t = time.time()
     zoo.build_zoo("smoke", progress=False)
     assert time.time() - t < 20
+
+
+def test_evaluate_counts_clips_left_without_patch_tokens():
+    """intensity_range with an empty range: every clip is scored (from its prefix tokens), and reported as empty."""
+    torch.manual_seed(0)
+    model = create_model("audiomae", "tiny", 48, 3, depth=2, embed_dim=32, num_heads=2)
+    data = toy_set(5, seed=1)
+    out = T.evaluate(model, data, "intensity_range", 1.0, (0,), options={"lo": 1e9, "hi": 2e9})
+    assert out["n_clips"] == 5 and out["n_empty"] == 5
+    kept_all = T.evaluate(model, data, "intensity_range", 1.0, (0,), options={"lo": -1e9, "hi": 1e9})
+    assert kept_all["n_empty"] == 0
+    assert out["gmacs_per_clip"] < kept_all["gmacs_per_clip"]

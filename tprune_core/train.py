@@ -416,7 +416,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     state = _prune_state(model)
     was_training = model.training
     model.eval()
-    correct, macs, tokens = 0, [], []
+    correct, macs, tokens, empty = 0, [], [], 0
     try:
         bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
                    disable=not progress, file=sys.stderr)
@@ -430,6 +430,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
             macs.append(m.expand(len(x)) if m.numel() == 1 else m)
             if t is not None:
                 tokens.append(t[..., 0].float())
+                empty += model.tprune_last.get("n_empty", 0)  # intensity_range clips left with no patch token
     finally:
         if method is not None:
             remove_pruning(model)
@@ -441,7 +442,8 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
            "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,
            "method": state[0] if state else None, "keep_rate": state[1] if state else 1.0,
            "drop_loc": list(state[2]) if state else list(drop_loc),
-           "split": split if split is not None else getattr(features, "split", None) or None}
+           "split": split if split is not None else getattr(features, "split", None) or None,
+           "n_empty": empty}
     if tokens:
         out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
     return out
