@@ -3,6 +3,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,3 +110,12 @@ def fake_esc50(tmp_path):
 @pytest.fixture
 def fake_us8k(tmp_path):
     return make_us8k(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Model tests run single-threaded: on a shared 2-core machine more threads only fight over the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

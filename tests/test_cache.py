@@ -113,7 +113,7 @@ def test_bad_file_raises_by_default_and_skip_reports_it(tmp_cache, fake_esc50, c
     assert bad in str(info.value)
     fs = load_features("esc50", "test", 16, root=fake_esc50, norm="esc50", on_error="skip", progress=False)
     assert len(fs) == 1 and len(fs.skipped) == 1 and fs.skipped[0][1] == bad and "truncated" in fs.skipped[0][2]
-    assert f"skipped 1 of 2 files" in capsys.readouterr().err
+    assert "skipped 1 of 2 files" in capsys.readouterr().err
     again = load_features("esc50", "test", 16, root=fake_esc50, norm="esc50", on_error="skip", progress=False)
     assert again.from_cache and len(again.skipped) == 1
     assert bad in capsys.readouterr().err  # reported again when served from the cache

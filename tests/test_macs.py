@@ -12,19 +12,12 @@ from tprune_core.macs import (Dims, count_macs, flop_counter_macs, macs_from_rec
 from tprune_core.models import create_model
 from tprune_core.pruning import METHODS, PER_CLIP, apply_pruning, record, remove_pruning
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAMILIES = ["ast", "audiomae"]
 FRAMES = 64          # tiny models, 4 x 8 = 32 patch tokens
 CLASSES = 10
 RATES = (0.9, 0.7, 0.5, 0.3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared: several threads per process only fight over the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def options(method, rate, x):

@@ -9,16 +9,9 @@ from timm.models.vision_transformer import Block
 from tprune_core.errors import CheckpointError, ConfigError
 from tprune_core.models import AudioViT, create_model, load_official_checkpoint, patch_grid, patch_pixels
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 D, DEPTH = 192, 12  # size "tiny"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared: several threads per process only fight over the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def token_index(family, t, f, frames, mel):

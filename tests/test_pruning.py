@@ -14,19 +14,12 @@ from tprune_core.models import AudioViT, create_model
 from tprune_core.pruning import (FUSED_POSITION, METHODS, apply_pruning, kept_count, record, remove_pruning,
                                  set_keep_rate)
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FAMILIES = ["ast", "audiomae"]
 FRAMES, MEL = 64, 128            # 4 x 8 = 32 patch tokens
 N = (FRAMES // 16) * (MEL // 16)
 PREFIX = {"ast": 2, "audiomae": 1}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The test machine is shared: several threads per process only fight over the cores.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def make_model(family, frames=FRAMES, mel=MEL, seed=0):

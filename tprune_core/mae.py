@@ -36,8 +36,8 @@ from timm.models.vision_transformer import Block
 
 from .errors import CheckpointError, ConfigError
 from .models import PATCH, SIZES, create_model, patch_grid, patch_pixels
-from .train import (TRAIN_VERSION, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
-                    param_groups, read_json, resolve_device, rng_state, save_atomic, set_rng_state, zoo_root)
+from .train import (TRAIN_VERSION, resume_state, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
+                    param_groups, read_json, resolve_device, rng_state, save_atomic, zoo_root)
 
 
 @dataclass
@@ -285,13 +285,8 @@ def pretrain(cfg: MAEConfig, pool=None) -> Path:
         opt = torch.optim.AdamW(param_groups(mae, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
         step, history, elapsed, partial_sum = 0, [], 0.0, (0.0, 0)
         state_path = run_dir / "state.pt"
-        if state_path.is_file():
-            st = load_torch(state_path)
-            if st.get("hash") != cfg.hash():
-                raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {cfg.hash()}")
-            mae.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            set_rng_state(st["rng"], device)
+        st = resume_state(state_path, cfg, mae, opt, device)
+        if st is not None:
             step, history, elapsed, partial_sum = st["step"], st["history"], st["elapsed"], st["epoch_stats"]
             print(f"[{tag}] resuming {run_dir.name} at step {step}/{total}", file=sys.stderr)
         else:

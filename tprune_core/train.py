@@ -326,6 +326,19 @@ def set_rng_state(state: dict, device: torch.device):
 
 # ---------------------------------------------------------------------------------------------- models
 
+def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
+    """The saved state of an interrupted run with model, optimizer and RNG restored from it; None: a fresh run."""
+    if not state_path.is_file():
+        return None
+    st = load_torch(state_path)
+    if st.get("hash") != cfg.hash():
+        raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {cfg.hash()}")
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    set_rng_state(st["rng"], device)
+    return st
+
+
 def build_model(cfg: TrainConfig, num_classes: int):
     """The config's model, initialized from scratch, from an MAE encoder or from another run's selected weights."""
     model = create_model(cfg.family, cfg.size, cfg.frames, num_classes, mel=cfg.mel, drop_path_rate=cfg.drop_path)
@@ -500,13 +513,8 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
         augment = SpecAugment(cfg.freq_mask, cfg.time_mask)
         step, history, best, elapsed = 0, [], None, 0.0
         state_path = run_dir / "state.pt"
-        if state_path.is_file():
-            st = load_torch(state_path)
-            if st.get("hash") != cfg.hash():
-                raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {cfg.hash()}")
-            model.load_state_dict(st["model"])
-            opt.load_state_dict(st["optimizer"])
-            set_rng_state(st["rng"], device)
+        st = resume_state(state_path, cfg, model, opt, device)
+        if st is not None:
             step, history, best, elapsed = st["step"], st["history"], st["best"], st["elapsed"]
             partial = st.get("epoch_stats", (0.0, 0.0, 0.0))
             if cfg.prune_method:
