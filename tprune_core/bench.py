@@ -135,7 +135,7 @@ def _run_group(family, size, frames, configs, batch, device, repeats, min_second
     load_before = os.getloadavg()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm import tqdm
         bar = tqdm(total=repeats, desc=f"bench {family}-{size} {frames}f b{batch}", leave=False)
     with torch.inference_mode(), autocast:
         for _ in range(warmup if warmup is not None else (10 if cuda else 2)):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .datasets import REPO, ClipSet, load_dataset
 from .errors import AudioError, ConfigError, DatasetError, TpruneError

@@ -65,7 +65,9 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
 
     root = cache_root() / "evals"
     rows = []
-    outer = tqdm(entries, desc=f"models ({split})", unit="model", disable=not progress, file=sys.stderr)
+    # Bars only on a terminal: in an executed chapter every refresh would become an output block of the page.
+    outer = tqdm(entries, desc=f"models ({split})", unit="model", file=sys.stderr,
+                 disable=not (progress and sys.stderr.isatty()))
     for entry in outer:
         ckpt = entry["checkpoint"]
         model = feats = None

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from timm.models.vision_transformer import Block
 
 from .errors import CheckpointError, ConfigError

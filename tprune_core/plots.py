@@ -24,17 +24,20 @@ def setup():
     plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight", "axes.titleweight": "bold"})
 
 
+def ci_err(mean, lo, hi):
+    """[below, above] error-bar lengths from CI bounds; an infinite CI (one seed) draws no bar, not an endless one."""
+    mean, lo, hi = (np.asarray(v, dtype=float) for v in (mean, lo, hi))
+    below, above = np.clip(mean - lo, 0, None), np.clip(hi - mean, 0, None)
+    return [np.where(np.isfinite(below), below, 0), np.where(np.isfinite(above), above, 0)]
+
+
 def errorbar_lines(ax, df, x, y, hue, lo=None, hi=None, colors=None, marker="o", label_fmt=str):
     """Lines of ``y`` over ``x`` per ``hue`` with CI error bars from columns ``lo``/``hi`` (default y_lo/y_hi)."""
     lo, hi = lo or f"{y}_lo", hi or f"{y}_hi"
     colors = colors or METHOD_COLORS
     for key, g in df.groupby(hue, sort=False):
         g = g.sort_values(x)
-        err = None
-        if lo in g and hi in g:  # infinite CIs (one seed) draw no bar rather than an endless one
-            below = (g[y] - g[lo]).replace(np.inf, np.nan).clip(lower=0).fillna(0).to_numpy()
-            above = (g[hi] - g[y]).replace(np.inf, np.nan).clip(lower=0).fillna(0).to_numpy()
-            err = [below, above]
+        err = ci_err(g[y], g[lo], g[hi]) if lo in g and hi in g else None
         ax.errorbar(g[x].to_numpy(), g[y].to_numpy(), yerr=err, marker=marker, ms=4, capsize=2, lw=1.4,
                     color=colors.get(key), label=label_fmt(key))
     return ax

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .errors import CheckpointError, ConfigError
 from .models import FAMILIES, PATCH, SIZES, create_model
