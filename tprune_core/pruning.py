@@ -20,6 +20,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -156,7 +157,9 @@ class PruneState:
         return min(k, cap)
 
     def _random(self, b, n, block, device):
-        g = torch.Generator().manual_seed(int(self.options.get("seed", 0)) * 1000 + block * 7 + self.calls)
+        # One independent stream per (seed, block, forward call); a plain sum of the three could collide.
+        key = np.random.SeedSequence([int(self.options.get("seed", 0)), block, self.calls]).generate_state(1)[0]
+        g = torch.Generator().manual_seed(int(key))
         return torch.rand(b, n, generator=g).to(device)
 
     def _fuse(self, x, scores, idx):
