@@ -180,9 +180,12 @@ def _entry(role, cfg) -> dict:
     return e
 
 
-def zoo_entries(profile: str = "full", require: bool = True) -> list:
-    """Metadata of every model of a profile (the chapters' entry point). ``require``: raise if any is missing."""
+def zoo_entries(profile: str = "full", require: bool = True, families=None, datasets=None) -> list:
+    """Metadata of the models of a profile (the chapters' entry point), optionally only some families / datasets.
+    ``require``: raise if any of the selected models is not built (a chapter never runs on part of its models)."""
     entries = [_entry(role, cfg) for role, cfg in zoo_plan(profile)]
+    entries = [e for e in entries if e["role"] == "mae" or (
+        (families is None or e["family"] in families) and (datasets is None or e["dataset"] in datasets))]
     missing = [e for e in entries if not e["trained"] or (e["role"] != "mae" and "test_accuracy" not in e)]
     if require and missing:
         names = ", ".join(f"{e['role']}:{e['family']}/{e['dataset']}/s{e['seed']}" for e in missing[:4])
