@@ -73,8 +73,9 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
         model = feats = None
         ck_digest = _file_digest(ckpt)
         for s in settings:
+            # batch_size is part of the key: random pruning draws one stream per forward call (i.e. per batch)
             key = _digest({"ckpt": ck_digest, "split": split, "setting": {k: s[k] for k in s if k != "label"},
-                           "version": EVAL_VERSION})
+                           "batch_size": batch_size, "version": EVAL_VERSION})
             path = root / f"{key}.json"
             if path.is_file():
                 res = json.loads(path.read_text())
