@@ -149,23 +149,19 @@ def _crop_pos_embed(pos: torch.Tensor, model: AudioViT, mode: str) -> torch.Tens
     rows, cols = patch_grid(model)
     prefix, grid = pos[:, :p], pos[:, p:]
     dim = pos.shape[-1]
-    if model.family == "ast":  # grid (mel/16, T_ckpt); time is the column axis
-        if grid.shape[1] % rows:
-            raise CheckpointError(f"pos_embed: {grid.shape[1]} patch positions do not tile {rows} frequency rows")
-        t_ckpt = grid.shape[1] // rows
-        if t_ckpt < cols:
-            raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {cols}")
-        # AST's own centre: t_ckpt // 2 - cols // 2 (differs from (t_ckpt - cols) // 2 for odd cols).
-        start = t_ckpt // 2 - cols // 2 if mode == "centre" else 0
-        grid = grid.reshape(1, rows, t_ckpt, dim)[:, :, start:start + cols]
-    else:  # grid (T_ckpt, mel/16); time is the row axis
-        if grid.shape[1] % cols:
-            raise CheckpointError(f"pos_embed: {grid.shape[1]} patch positions do not tile {cols} frequency columns")
-        t_ckpt = grid.shape[1] // cols
-        if t_ckpt < rows:
-            raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {rows}")
-        start = t_ckpt // 2 - rows // 2 if mode == "centre" else 0
-        grid = grid.reshape(1, t_ckpt, cols, dim)[:, start:start + rows]
+    ast = model.family == "ast"  # AST's grid is (mel/16, time), AudioMAE's (time, mel/16)
+    bands, t_model = (rows, cols) if ast else (cols, rows)
+    if grid.shape[1] % bands:
+        raise CheckpointError(f"pos_embed: {grid.shape[1]} patch positions do not tile {bands} frequency bands")
+    t_ckpt = grid.shape[1] // bands
+    if t_ckpt < t_model:
+        raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {t_model}")
+    # AST's own centre: t_ckpt // 2 - t_model // 2 (differs from (t_ckpt - t_model) // 2 for an odd t_model).
+    start = t_ckpt // 2 - t_model // 2 if mode == "centre" else 0
+    if ast:
+        grid = grid.reshape(1, bands, t_ckpt, dim)[:, :, start:start + t_model]
+    else:
+        grid = grid.reshape(1, t_ckpt, bands, dim)[:, start:start + t_model]
     return torch.cat([prefix, grid.reshape(1, -1, dim)], dim=1)
 
 
