@@ -36,7 +36,7 @@ from timm.models.vision_transformer import Block
 
 from .errors import CheckpointError, ConfigError
 from .models import PATCH, SIZES, create_model, patch_grid, patch_pixels
-from .train import (TRAIN_VERSION, resume_state, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
+from .train import (TRAIN_VERSION, resume_state, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at, optimizer_step,
                     param_groups, read_json, resolve_device, rng_state, save_atomic, zoo_root)
 
 
@@ -322,11 +322,7 @@ def pretrain(cfg: MAEConfig, pool=None) -> Path:
                     loss, _ = mae(x, row0, keep, mask, restore)
                 if not torch.isfinite(loss):
                     raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower MAEConfig.lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(mae.parameters(), cfg.grad_clip)
-                opt.step()
+                optimizer_step(loss, mae, opt, cfg.grad_clip)
                 step += 1
                 steps_session += 1
                 loss_sum, seen = loss_sum + loss.item() * len(x), seen + len(x)

@@ -339,6 +339,15 @@ def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
     return st
 
 
+def optimizer_step(loss, module, opt, grad_clip: float):
+    """One update: backward, optional gradient-norm clipping, step (shared by supervised and MAE training)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    opt.step()
+
+
 def build_model(cfg: TrainConfig, num_classes: int):
     """The config's model, initialized from scratch, from an MAE encoder or from another run's selected weights."""
     model = create_model(cfg.family, cfg.size, cfg.frames, num_classes, mel=cfg.mel, drop_path_rate=cfg.drop_path)
@@ -569,11 +578,7 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
                 if not torch.isfinite(loss):
                     raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower TrainConfig.lr "
                                       f"(now {cfg.lr}) or use precision='fp32'")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                opt.step()
+                optimizer_step(loss, model, opt, cfg.grad_clip)
                 step += 1
                 steps_session += 1
                 loss_sum += loss.item() * len(idx)
