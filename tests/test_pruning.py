@@ -477,6 +477,34 @@ def test_adaptive_keeps_fewest_reaching_mass(family, mass, rate):
     assert pruned > 0 and (capped > 0 if rate < 1.0 else capped == 0)
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method, options, rate", [
+    ("adaptive", {"mass": 0.7}, 1.0), ("adaptive", {"mass": 0.95}, 1.0),
+    ("intensity_range", {"lo": -0.3, "hi": 0.4}, 1.0), ("intensity_range", {"lo": 0.6, "hi": 9.0}, 1.0)])
+def test_per_clip_batch_equals_clip_by_clip(family, method, options, rate, fused):
+    """A batch of a per-clip method (padded, masked) gives each clip's logits, token counts and empty count exactly
+    as running that clip alone, with fused and with explicit attention."""
+    m = make_model(family)
+    for blk in m.blocks:
+        blk.attn.fused_attn = fused
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, FRAMES, MEL, generator=g)
+    x[1] += torch.linspace(-1, 1, MEL)
+    x[4] = -2.0                                  # intensity_range: nothing in range, the clip is left empty
+    apply_pruning(m, method, rate, **options)
+    with torch.no_grad():
+        batch = m(x)
+        tokens, empty = m.tprune_last["tokens"], m.tprune_last["n_empty"]
+        alone = [(m(x[i:i + 1]), m.tprune_last["tokens"], m.tprune_last["n_empty"]) for i in range(len(x))]
+    torch.testing.assert_close(batch, torch.cat([a[0] for a in alone]), atol=1e-5, rtol=1e-5)
+    assert torch.equal(tokens, torch.cat([a[1] for a in alone]))
+    assert empty == sum(a[2] for a in alone)
+    assert len({tuple(r) for r in tokens[:, :, 0].tolist()}) > 1    # clips really kept different counts
+    if method == "intensity_range":
+        assert empty >= 1 and torch.isfinite(batch).all()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_set_keep_rate(family):
     m = make_model(family)

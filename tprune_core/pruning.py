@@ -29,7 +29,7 @@ from .models import patch_pixels
 
 METHODS = ("topk", "random", "mean", "std", "evit_fuse", "tome", "intensity_range", "adaptive")
 SCORED = {"topk", "evit_fuse", "adaptive"}      # rank by attention
-PER_CLIP = {"intensity_range", "adaptive"}      # keep counts differ between clips: run clip by clip
+PER_CLIP = {"intensity_range", "adaptive"}      # keep counts differ between clips (see PruneState.select)
 OPTIONS = {"random": {"seed"}, "intensity_range": {"keep_ranges", "lo", "hi"}, "adaptive": {"mass"}}
 FUSED_POSITION = -1                             # provenance of evit_fuse's extra token
 
@@ -101,6 +101,7 @@ class PruneState:
             self.stat = pixels.std(dim=-1) if self.method == "std" else pixels.mean(dim=-1)
         self.sizes = torch.ones(b, n, device=x.device) if self.method == "tome" else None
         self.fused = 0   # 1 once evit_fuse has made its extra token (it sits right after the prefix tokens)
+        self.valid = None  # per-clip methods in a batch: (B, n) which patch tokens are real, not padding
         self.counts = []
 
     def special(self) -> int:
@@ -119,18 +120,15 @@ class PruneState:
         if self.method == "tome":
             return self._tome(x, n - kept_count(n, self.keep_rate))
         patch_scores = scores[:, self.fused:] if scores is not None else None
-        if self.method == "intensity_range":
-            idx = self._in_range(self.stat[0]).nonzero()[:, 0][None]   # one clip at a time
-        else:
-            k = kept_count(n, self.keep_rate)
-            if self.method == "adaptive":
-                k = self._adaptive_count(patch_scores[0], k)             # one clip at a time
-            if k == n:
-                return x
-            rank = {"topk": patch_scores, "evit_fuse": patch_scores, "adaptive": patch_scores,
-                    "random": self._random(x.shape[0], n, block, x.device),
-                    "mean": self.stat, "std": self.stat}[self.method]
-            idx = rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+        if self.method in PER_CLIP:
+            return self._select_per_clip(x, patch_scores)
+        k = kept_count(n, self.keep_rate)
+        if k == n:
+            return x
+        rank = {"topk": patch_scores, "evit_fuse": patch_scores,
+                "random": self._random(x.shape[0], n, block, x.device),
+                "mean": self.stat, "std": self.stat}[self.method]
+        idx = rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
         if self.method == "evit_fuse" and idx.shape[1] < n:
             fused = self._fuse(x, scores, idx)
             out = torch.cat([x[:, :self.prefix], fused, _gather(x, idx + s)], dim=1)
@@ -142,6 +140,46 @@ class PruneState:
             self.stat = torch.gather(self.stat, 1, idx)
         return out
 
+    def _select_per_clip(self, x, patch_scores):
+        """intensity_range / adaptive: every clip keeps its own number of tokens. A batch stays one tensor: each clip
+        keeps its tokens in patch order, padded to the batch's largest count, and ``valid`` marks the real ones;
+        later blocks mask the padding out of attention, scoring and pooling, so each clip's output is the one it gets
+        alone (tested), and token counts (hence MACs) are per clip, as a variable-length runtime would execute."""
+        s = self.special()
+        b, n = x.shape[0], x.shape[1] - s
+        valid = self.valid if self.valid is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
+        if self.method == "intensity_range":
+            keep = self._in_range(self.stat) & valid
+        else:
+            cap = torch.ceil(self.keep_rate * valid.sum(1) - 1e-9).clamp_min(1).long()
+            k = torch.minimum(self._adaptive_count(patch_scores.masked_fill(~valid, 0.0)), cap)
+            rank = patch_scores.masked_fill(~valid, -math.inf).argsort(dim=1, descending=True, stable=True)
+            keep = torch.zeros_like(valid).scatter_(1, rank, torch.arange(n, device=x.device).expand(b, n) < k[:, None])
+        if self.valid is None and bool(keep.all()):
+            return x
+        count = keep.sum(1)
+        # Kept tokens first, in patch order (a stable sort of the "dropped" flag), then as much padding as needed.
+        idx = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(count.max())]
+        self.valid = torch.arange(idx.shape[1], device=x.device)[None] < count[:, None]
+        if bool(self.valid.all()):
+            self.valid = None
+        out = _gather(x, torch.cat([torch.arange(s, device=x.device).expand(b, s), idx + s], dim=1))
+        self.positions = torch.gather(self.positions, 1, idx)
+        if self.stat is not None:
+            self.stat = torch.gather(self.stat, 1, idx)
+        return out
+
+    def token_counts(self, n_tokens: int) -> torch.Tensor | None:
+        """(B,) tokens of each clip in a padded batch (prefix included), None when every clip has ``n_tokens``."""
+        return None if self.valid is None else self.valid.sum(1) + self.special()
+
+    def attn_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Boolean attention mask (B, 1, 1, N), True where a key takes part (SDPA's convention), or None."""
+        if self.valid is None:
+            return None
+        prefix = torch.ones(x.shape[0], self.special(), dtype=torch.bool, device=x.device)
+        return torch.cat([prefix, self.valid], dim=1)[:, None, None]
+
     def _in_range(self, stat: torch.Tensor) -> torch.Tensor:
         o = self.options
         ranges = o.get("keep_ranges") or [(o.get("lo", -math.inf), o.get("hi", math.inf))]
@@ -150,11 +188,11 @@ class PruneState:
             keep |= (stat >= lo) & (stat < hi)
         return keep
 
-    def _adaptive_count(self, scores: torch.Tensor, cap: int) -> int:
-        """Fewest tokens whose share of the attention mass reaches ``mass``, never more than ``cap``."""
-        share = scores.sort(descending=True).values.cumsum(0) / scores.sum().clamp_min(1e-12)
-        k = int((share < self.options.get("mass", 0.9)).sum()) + 1
-        return min(k, cap)
+    def _adaptive_count(self, scores: torch.Tensor) -> torch.Tensor:
+        """(B,) fewest tokens per clip whose share of the clip's attention mass reaches ``mass``."""
+        ranked = scores.sort(dim=1, descending=True).values
+        share = ranked.cumsum(1) / ranked.sum(1, keepdim=True).clamp_min(1e-12)
+        return (share < self.options.get("mass", 0.9)).sum(1) + 1
 
     def _random(self, b, n, block, device):
         # One independent stream per (seed, block, forward call); a plain sum of the three could collide.
@@ -219,22 +257,36 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 ATTN_CHUNK_BYTES = 1 << 20   # CPU: attention matrices per chunk in _attend_received, about one core's L2 cache
 
 
-def _attend_received(attn, q, k, v, query_start):
+def _additive(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
+    return None if mask is None else torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
+        ~mask, -math.inf)
+
+
+def _attend_received(attn, q, k, v, query_start, mask=None):
     """Explicit attention computed a few (clip, head) matrices at a time on CPU, so each chunk stays in cache instead
     of streaming the whole (B, H, N, N) tensor through memory three times (on a GPU, where small kernels cost more
     than memory traffic, in one go). Returns the output (B, H, N, hd) and the attention each token receives,
-    averaged over heads and over queries from ``query_start`` on."""
+    averaged over heads and over queries from ``query_start`` on (padding queries and keys excluded: ``mask``)."""
     b, h, n, hd = q.shape
     q, k, v = ((q * attn.scale).reshape(b * h, n, hd), k.reshape(b * h, n, hd), v.reshape(b * h, n, hd))
+    bias = None
+    if mask is not None:   # (B, 1, 1, N) -> one row per (clip, head); padding queries do not vote
+        bias = _additive(mask, q.dtype).expand(b, h, 1, n).reshape(b * h, 1, n)
+        voters = mask.expand(b, h, 1, n).reshape(b * h, n)[:, query_start:].to(q.dtype)
     step = max(1, ATTN_CHUNK_BYTES // (n * n * q.element_size())) if q.device.type == "cpu" else b * h
     outs, received = [], []
     for i in range(0, b * h, step):
-        a = (q[i:i + step] @ k[i:i + step].transpose(-2, -1)).softmax(dim=-1)
-        received.append(a[:, query_start:].sum(dim=1))
+        logits = q[i:i + step] @ k[i:i + step].transpose(-2, -1)
+        a = (logits if bias is None else logits + bias[i:i + step]).softmax(dim=-1)
+        if bias is None:
+            received.append(a[:, query_start:].sum(dim=1))
+        else:
+            received.append((voters[i:i + step, None] @ a[:, query_start:])[:, 0])
         outs.append(attn.attn_drop(a) @ v[i:i + step])
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     received = torch.cat(received) if len(received) > 1 else received[0]
-    return out.view(b, h, n, hd), received.view(b, h, n).sum(dim=1) / (h * (n - query_start))
+    n_voters = n - query_start if bias is None else voters.view(b, h, -1)[:, 0].sum(1, keepdim=True).clamp_min(1)
+    return out.view(b, h, n, hd), received.view(b, h, n).sum(dim=1) / (h * n_voters)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,23 +296,32 @@ class _ScoringAttention:
     def forward(self, x, attn_mask=None, is_causal=False, score_mode=None, query_start=1):
         if score_mode is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        if getattr(self, "gate", None) is not None or attn_mask is not None or is_causal:
-            raise ConfigError("pruning: gated or masked attention is not supported")
+        # attn_mask here can only be the padding mask of a per-clip method: (B, 1, 1, N) bool
+        if getattr(self, "gate", None) is not None or is_causal:
+            raise ConfigError("pruning: gated or causal attention is not supported")
         b, n, _ = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         drop = self.attn_drop.p if self.training else 0.0
         if score_mode == "cls" and self.fused_attn:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-            scores = ((q[:, :, :1] * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)[:, :, 0].mean(dim=1)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+            logits = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)
+            bias = _additive(attn_mask, logits.dtype)
+            scores = (logits if bias is None else logits + bias).softmax(dim=-1)[:, :, 0].mean(dim=1)
         elif self.fused_attn:  # received: every attention row is needed, but never all of them at once
-            out, scores = _attend_received(self, q, k, v, query_start)
+            out, scores = _attend_received(self, q, k, v, query_start, attn_mask)
         else:
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
+            logits = (q * self.scale) @ k.transpose(-2, -1)
+            bias = _additive(attn_mask, logits.dtype)
+            attn = (logits if bias is None else logits + bias).softmax(dim=-1)
             if score_mode == "cls":
                 scores = attn[:, :, 0].mean(dim=1)
-            else:  # attention received, averaged over heads and patch queries
+            elif attn_mask is None:  # attention received, averaged over heads and patch queries
                 scores = attn[:, :, query_start:].mean(dim=(1, 2))
+            else:                    # ... over the real (non-padding) patch queries
+                voters = attn_mask[:, 0, 0, query_start:].to(attn.dtype)          # (B, Nq)
+                scores = (voters[:, None, :, None] * attn[:, :, query_start:]).sum(dim=(1, 2)) / (
+                    attn.shape[1] * voters.sum(1, keepdim=True).clamp_min(1))
             out = self.attn_drop(attn) @ v
         out = self.norm(out.transpose(1, 2).reshape(b, n, self.attn_dim))
         return self.proj_drop(self.proj(out)), scores
@@ -271,26 +332,38 @@ class _PrunedBlock:
         st: PruneState = self._tprune
         i = self._tprune_index
         drops = i in st.drop_loc and st.may_drop(x.shape[1])
+        padding = st.attn_mask(x)
+        if padding is not None:
+            if attn_mask is not None or is_causal:
+                raise ConfigError("pruning: per-clip methods do not combine with an external attention mask")
+            attn_mask = padding
+        n_in = st.token_counts(x.shape[1])
         if not drops and st.record is None:
-            st.counts.append((x.shape[1], x.shape[1], 0))
+            st.counts.append((x.shape[1], x.shape[1], 0) if n_in is None else torch.stack([n_in, n_in, 0 * n_in], 1))
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         scores = None
         if st.record is not None or (drops and st.method in SCORED):
             mode = "cls" if st.family == "ast" else "received"
-            y, scores = self.attn(self.norm1(x), score_mode=mode, query_start=st.special())
+            y, scores = self.attn(self.norm1(x), attn_mask=attn_mask, score_mode=mode, query_start=st.special())
             scores = scores[:, st.prefix:]
         else:
             y = self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)
         x = x + self.drop_path1(self.ls1(y))
-        n_attn, n_patch = x.shape[1], x.shape[1] - st.special()
         if st.record is not None:
             st.record._add(st.record.scores, i, scores)
             st.record._add(st.record.positions, i, _with_fused(st))
+        n_attn, n_patch = x.shape[1], x.shape[1] - st.special()
         if drops:
             x = st.select(i, x, scores)
             if st.record is not None:
                 st.record._add(st.record.kept, i, _with_fused(st))
-        st.counts.append((n_attn, x.shape[1], n_patch - (x.shape[1] - st.special())))
+        n_out = st.token_counts(x.shape[1])
+        if n_in is None and n_out is None:
+            st.counts.append((n_attn, x.shape[1], n_patch - (x.shape[1] - st.special())))
+        else:
+            n_in = torch.full((x.shape[0],), n_attn, device=x.device) if n_in is None else n_in
+            n_out = torch.full((x.shape[0],), x.shape[1], device=x.device) if n_out is None else n_out
+            st.counts.append(torch.stack([n_in, n_out, n_in - n_out], 1))
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
@@ -304,7 +377,8 @@ def _with_fused(st: PruneState) -> torch.Tensor:
 class _PrunedModel:
     def forward(self, x, **kwargs):
         st: PruneState = self._tprune
-        if st.method in PER_CLIP and x.shape[0] > 1:
+        if st.method in PER_CLIP and x.shape[0] > 1 and st.record is not None:
+            # Records hold each clip's own tokens, so a recorded per-clip method runs clip by clip.
             outs, tokens, empty = [], [], 0
             for i in range(x.shape[0]):
                 outs.append(self.forward(x[i:i + 1], **kwargs))
@@ -313,13 +387,31 @@ class _PrunedModel:
             self.tprune_last = {"tokens": torch.cat(tokens), "n_empty": empty}
             return torch.cat(outs)
         out = super().forward(x, **kwargs)
-        tokens = torch.tensor(st.counts, dtype=torch.long).expand(x.shape[0], -1, -1).clone()
-        n_empty = int(x.shape[0]) if st.positions.shape[1] == 0 else 0
+        b = x.shape[0]
+        if all(isinstance(c, tuple) for c in st.counts):
+            tokens = torch.tensor(st.counts, dtype=torch.long).expand(b, -1, -1).clone()
+        else:
+            tokens = torch.stack([c.cpu() if torch.is_tensor(c) else torch.tensor(c).expand(b, 3)
+                                  for c in st.counts], 1).long()
+        if st.positions.shape[1] == 0:
+            n_empty = int(b)
+        else:
+            n_empty = 0 if st.valid is None else int((st.valid.sum(1) == 0).sum())
         self.tprune_last = {"tokens": tokens, "n_empty": n_empty}
         if st.record is not None:
             st.record.token_rows.append(tokens)
         st.calls += 1
+        st.valid = None
         return out
+
+    def pool(self, x, pool_type=None):
+        valid = self._tprune.valid
+        if valid is None or self.family == "ast":   # AST pools its two prefix tokens: padding never reaches them
+            return super().pool(x, pool_type)
+        w = valid.to(x.dtype)[..., None]
+        mean = (x[:, self.num_prefix_tokens:] * w).sum(1) / w.sum(1).clamp_min(1)
+        # A clip left with no patch token is scored from its CLS output (as it would be alone).
+        return torch.where(valid.any(1, keepdim=True), mean, x[:, 0])
 
     def forward_features(self, x, **kwargs):
         self._tprune.begin(self, self.to_image(x))
