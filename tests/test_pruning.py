@@ -11,8 +11,8 @@ from timm.models.vision_transformer import Block
 
 from tprune_core.errors import ConfigError
 from tprune_core.models import AudioViT, create_model
-from tprune_core.pruning import (FUSED_POSITION, METHODS, apply_pruning, kept_count, record, remove_pruning,
-                                 set_keep_rate)
+from tprune_core.pruning import (FUSED_POSITION, METHODS, apply_pruning, forward_from, hidden_before, kept_count,
+                                 record, remove_pruning, set_keep_rate)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -503,6 +503,27 @@ def test_per_clip_batch_equals_clip_by_clip(family, method, options, rate, fused
     assert len({tuple(r) for r in tokens[:, :, 0].tolist()}) > 1    # clips really kept different counts
     if method == "intensity_range":
         assert empty >= 1 and torch.isfinite(batch).all()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_forward_from_shared_prefix_is_the_same_forward(family, method):
+    """Resuming at the first drop block from precomputed hidden states gives the logits, token counts and empty
+    count of a plain forward (evaluation grids rely on it to compute the unpruned prefix once)."""
+    m = make_model(family)
+    x = torch.randn(3, FRAMES, MEL, generator=torch.Generator().manual_seed(4))
+    options = {"intensity_range": {"lo": -0.2, "hi": 0.6}, "adaptive": {"mass": 0.8}}.get(method, {})
+    for drop_loc, start in [((3, 6, 9), 3), ((5, 8), 5), ((5, 8), 2)]:
+        apply_pruning(m, method, 0.5, drop_loc, **options)
+        with torch.no_grad():
+            plain = m(x)
+            want = dict(m.tprune_last)
+            apply_pruning(m, method, 0.5, drop_loc, **options)     # same random stream for `random`
+            resumed = forward_from(m, x, hidden_before(m, x, start), start)
+        torch.testing.assert_close(resumed, plain, atol=1e-6, rtol=1e-6)
+        assert torch.equal(m.tprune_last["tokens"], want["tokens"]) and m.tprune_last["n_empty"] == want["n_empty"]
+    with pytest.raises(ConfigError, match="start"):
+        forward_from(m, x, hidden_before(m, x, 6), 6)              # past the first drop location (5)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -119,6 +119,20 @@ def test_pruning_aware_finetune_steps_keep_rate_every_iteration(tmp_cache, monke
     assert all(h["val_gmacs"] < full for h in s["history"])
 
 
+def test_evaluate_shared_prefix_changes_nothing():
+    """Settings evaluated with a shared prefix give the results of independent evaluations, and the prefix is
+    computed once per batch and first drop block."""
+    model = create_model("ast", "tiny", 32, 3)
+    fs = toy_set(10, 3)
+    shared = {}
+    for method, rate, loc in [("topk", 0.5, (3, 6, 9)), ("mean", 0.7, (3, 6, 9)), ("adaptive", 0.5, (3, 6, 9)),
+                              ("random", 0.5, (6,)), ("std", 0.3, (0, 5))]:
+        alone = T.evaluate(model, fs, method, rate, loc, batch_size=4)
+        reused = T.evaluate(model, fs, method, rate, loc, batch_size=4, shared=shared)
+        assert reused == alone, method
+    assert sorted({k[-1] for k in shared}) == [3, 6] and len(shared) == 2 * 3     # 3 batches of 4 clips
+
+
 def test_evaluate_reports_macs_and_restores_model_state():
     model = create_model("audiomae", "tiny", 32, 3)
     fs = toy_set(10, 3)

@@ -16,6 +16,7 @@ import os
 import platform
 import time
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -217,3 +218,31 @@ def flat_row(result: dict) -> dict:
     row["speedup_paired"] = result["spread"]["speedup_paired"]["median"]
     row["overhead_paired"] = result["spread"]["overhead_paired"]["median"]
     return row
+
+
+GRID_COLUMNS = ("family", "tokens", "batch", "dtype", "method", "keep_rate", "ms_full", "ms_pruned", "speedup",
+                "mac_ratio", "efficiency", "device", "device_name")
+
+
+def load_grid(name: str, root=None):
+    """A stored timing grid written by ``bench/run_grid.py`` (``results/bench/<name>.csv``) and its JSON sidecar
+    (machine, versions, runs): ``(DataFrame, dict)``. Raises a clear error if it is missing or lacks columns."""
+    import json
+
+    import pandas as pd
+
+    from .errors import TpruneError
+    from .results import repo_root
+
+    base = Path(root) if root is not None else (repo_root() or Path.cwd()) / "results" / "bench"
+    path = base / f"{name}.csv"
+    if not path.is_file():
+        raise TpruneError(f"{path}: no timing grid; run `python bench/run_grid.py` (CPU) or "
+                          f"`bash bench/gpu_session.sh` (GPU) to make it")
+    df = pd.read_csv(path)
+    missing = [c for c in GRID_COLUMNS if c not in df.columns]
+    if missing:
+        raise TpruneError(f"{path}: not a timing grid (missing columns {missing})")
+    sidecar = path.with_suffix(".json")
+    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    return df, meta

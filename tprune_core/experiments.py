@@ -87,6 +87,7 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
                 if model is None:
                     model, meta = load_zoo_model(entry)
                     feats = _features_of(meta, split)
+                    shared = {}   # hidden states before the first drop block, computed once for all settings
                     outer.set_postfix_str(f"{entry['family']}/{entry['dataset']}/s{entry['seed']}")
                 if s["method"] is None:
                     apply_run_pruning(model, meta)
@@ -94,7 +95,8 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
                     remove_pruning(model)
                 else:
                     res = evaluate(model, feats, s["method"], s["keep_rate"], tuple(s["drop_loc"]),
-                                   batch_size=batch_size, options=s["options"], split=split, precision=prec)
+                                   batch_size=batch_size, options=s["options"], split=split, precision=prec,
+                                   shared=shared)
                 res["source"] = getattr(feats, "source", None)
                 _atomic_json(res, path)
             rows.append({"family": entry["family"], "dataset": entry["dataset"], "seed": entry["seed"],

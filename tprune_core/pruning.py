@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from timm.models.vision_transformer import Block
+
 from .errors import ConfigError
 from .models import patch_pixels
 
@@ -387,7 +389,12 @@ class _PrunedModel:
             self.tprune_last = {"tokens": torch.cat(tokens), "n_empty": empty}
             return torch.cat(outs)
         out = super().forward(x, **kwargs)
-        b = x.shape[0]
+        self._tprune_finish(x.shape[0])
+        return out
+
+    def _tprune_finish(self, b: int):
+        """After a forward: token counts per clip and block, clips left without patch tokens."""
+        st: PruneState = self._tprune
         if all(isinstance(c, tuple) for c in st.counts):
             tokens = torch.tensor(st.counts, dtype=torch.long).expand(b, -1, -1).clone()
         else:
@@ -402,7 +409,6 @@ class _PrunedModel:
             st.record.token_rows.append(tokens)
         st.calls += 1
         st.valid = None
-        return out
 
     def pool(self, x, pool_type=None):
         valid = self._tprune.valid
@@ -498,3 +504,33 @@ def record(model):
         model._tprune.record = None
         if patched_here:
             remove_pruning(model)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared prefixes: every setting that first drops at block L runs blocks 0..L-1 unpruned, so a grid of settings
+# over the same clips can compute those blocks once (experiments.evaluate_grid does).
+
+def hidden_before(model, x: torch.Tensor, start: int) -> torch.Tensor:
+    """Tokens entering block ``start`` on the unpruned path (patch embedding, positions, blocks 0..start-1)."""
+    h = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(model.to_image(x)))))
+    for blk in model.blocks[:start]:
+        h = Block.forward(blk, h)   # timm's own block, patched or not: no drop happens before ``start``
+    return h
+
+
+def forward_from(model, x: torch.Tensor, hidden: torch.Tensor, start: int) -> torch.Tensor:
+    """Logits of a patched model whose blocks 0..start-1 were already run (``hidden_before``): the same numbers and
+    the same ``tprune_last`` as ``model(x)``, without recomputing the prefix. No drop may happen before ``start``."""
+    st: PruneState = model._tprune
+    if st.record is not None or min(st.drop_loc) < start:
+        raise ConfigError(f"forward_from: start {start} is past the first drop location {min(st.drop_loc)}, "
+                          f"or the model is recording")
+    st.begin(model, model.to_image(x))
+    n = hidden.shape[1]
+    st.counts = [(n, n, 0)] * start
+    h = hidden
+    for blk in model.blocks[start:]:
+        h = blk(h)
+    out = model.forward_head(model.norm(h))
+    model._tprune_finish(x.shape[0])
+    return out

@@ -417,14 +417,16 @@ def _prune_state(model):
 
 @torch.no_grad()
 def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), batch_size=128, options=None,
-             split=None, precision="fp32", progress=False) -> dict:
+             split=None, precision="fp32", progress=False, shared=None) -> dict:
     """Accuracy and mean GMACs per clip of ``model`` on a FeatureSet (or anything with ``.x``, ``.y``).
 
     ``method=None`` evaluates the model as it is (patched or not); a method patches it for the call and puts the
     previous state back afterwards. Clips longer than the model's input are cut to their first ``model.frames``.
+    ``shared``: a dict that calls over the same model, features, batch size and precision pass along; the unpruned
+    blocks before the first drop location are then computed once per batch and reused (same numbers).
     """
     from .macs import model_macs
-    from .pruning import apply_pruning, remove_pruning
+    from .pruning import apply_pruning, forward_from, hidden_before, remove_pruning
     x_all, y_all = features.x, torch.as_tensor(features.y)
     if x_all.dim() != 3 or x_all.shape[2] != model.mel:
         raise ConfigError(f"evaluate: features must be (N, frames, {model.mel}), got {tuple(x_all.shape)}")
@@ -445,7 +447,14 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
         for i in bar:
             x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
             with autocast(device, precision):
-                logits = model(x)
+                start = min(state[2]) if (shared is not None and method is not None) else 0
+                if start > 0:
+                    key = (id(features), i, batch_size, precision, start)
+                    if key not in shared:
+                        shared[key] = hidden_before(model, x, start)
+                    logits = forward_from(model, x, shared[key], start)
+                else:
+                    logits = model(x)
             correct += (logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum().item()
             t = model.tprune_last["tokens"] if state is not None else None
             m = model_macs(model, t)
