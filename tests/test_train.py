@@ -272,7 +272,7 @@ def test_full_zoo_plan_matches_the_issue():
     from tprune_core import zoo
     plan = zoo.zoo_plan("full")
     roles = [r for r, _ in plan]
-    assert roles.count("mae") == 1 and roles.count("base") == 12 and roles.count("prune") == 8
+    assert roles.count("mae") == 1 and roles.count("base") == 12 and roles.count("prune") == 24
     mae = plan[0][1]
     assert {s["dataset"] for s in mae.sources} == {"speechcommands", "urbansound8k"} and mae.mask_ratio == 0.8
     base = [c for r, c in plan if r == "base"]
@@ -292,7 +292,20 @@ def test_full_zoo_plan_matches_the_issue():
         assert c.prune_method == "topk" and c.drop_loc == (3, 6, 9)
         assert c.init.startswith("run:") and c.init[4:] in hashes
         parent = next(b for b in base if b.hash() == c.init[4:])
-        assert (parent.family, parent.dataset, parent.frames) == (c.family, c.dataset, c.frames)
+        assert (parent.family, parent.dataset, parent.frames, parent.seed) == (c.family, c.dataset, c.frames, c.seed)
+    # every base model is fine-tuned at both keep rates (the chapters need >= 3 seeds on every point)
+    assert sorted((c.init[4:], c.keep_rate) for c in prune) == sorted((h, k) for h in hashes for k in (0.7, 0.5))
+
+
+def test_zoo_entries_select_roles_and_name_what_is_missing(tmp_cache):
+    from tprune_core import zoo
+    with pytest.raises(ConfigError, match=r"prune:ast/synthetic/s0@0.7"):
+        zoo.zoo_entries("smoke", roles=["prune"])
+    with pytest.raises(ConfigError, match=r"6 of 6 models not built.*base:"):
+        zoo.zoo_entries("smoke", roles=["base"])
+    entries = zoo.zoo_entries("smoke", require=False, roles=["base", "mae"], families=["ast"])
+    assert {e["role"] for e in entries} == {"base", "mae"} and {e["family"] for e in entries} == {"ast", "audiomae"}
+    assert all(e["family"] == "ast" for e in entries if e["role"] == "base")
 
 
 @pytest.mark.slow
@@ -306,7 +319,7 @@ def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     assert all(e["trained"] and 0 <= e["test_accuracy"] <= 1 for e in models)
     rows = zoo.summarize(entries)
     assert {(r["family"], r["keep_rate"]) for r in rows} == {(f, k) for f in ("ast", "audiomae") for k in (1.0, 0.7, 0.5)}
-    assert all(r["n_seeds"] == 3 for r in rows if r["keep_rate"] == 1.0)
+    assert all(r["n_seeds"] == 3 for r in rows)
     # pruned fine-tunes are cheaper
     gm = {(r["family"], r["keep_rate"]): r["test_gmacs"] for r in rows}
     assert gm[("ast", 0.5)] < gm[("ast", 0.7)] < gm[("ast", 1.0)]

@@ -9,17 +9,18 @@ Profiles (`ZOO`):
 - ``full``: {ast, audiomae} x {speechcommands, urbansound8k} at keep rate 1.0 with 3 seeds; AST-style models from
   scratch (no ImageNet/AudioSet weights can be had here), AudioMAE-style models fine-tuned from one MAE pretrained on
   the pooled *training* splits of both datasets; then pruning-aware fine-tunes (``topk``, keep rates 0.7 and 0.5,
-  drop locations 3,6,9) of the seed-0 model of every (family, dataset). 12 blocks, 16x16 patches, 128 mel bins;
-  ViT-tiny (192-dim) so it trains on 2 CPU cores.
+  drop locations 3,6,9) of every one of those models. 12 blocks, 16x16 patches, 128 mel bins; ViT-tiny (192-dim)
+  so it trains on 2 CPU cores.
 - ``long``: the same recipe with longer schedules (MAE 100 epochs, Speech Commands 30, UrbanSound8K 20) for a GPU or
   a patient CPU.
 - ``smoke``: the same structure on a small synthetic set, a few steps per run (under a minute on 2 cores), for the
   book's smoke build.
 
 Budget of ``full`` on 2 idle CPU cores (bf16 autocast), from measured seconds per epoch: MAE ~20 s/epoch x 25,
-Speech Commands ~34 s/epoch x 8 x 6 runs, UrbanSound8K ~11 s/epoch x 10 x 6 runs, fine-tunes 3 epochs x 8 runs:
-about 55 minutes. On a machine shared with other work, torch's default of 2 threads can run many times slower
-(spin-waiting threads); pass ``threads=1`` (``tprune zoo --threads 1``) there.
+Speech Commands ~34 s/epoch x 8 x 6 runs, UrbanSound8K ~11 s/epoch x 10 x 6 runs, fine-tunes 1 epoch x 24 runs
+(cheaper per step once pruned): about 58 minutes; `tprune zoo` prints the measured total. On a machine shared with
+other work, torch's default of 2 threads can run many times slower (spin-waiting threads); pass ``threads=1``
+(``tprune zoo --threads 1``) there.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from .mae import MAEConfig, pretrain
 from .train import TrainConfig, load_checkpoint, read_json, test_run, train_run, zoo_root
 
 # Everything below is plain data. "models" holds, per dataset, the TrainConfig fields shared by both families and
-# per family the fields that differ; "prune" the fine-tune settings layered over the seed-0 model's config.
+# per family the fields that differ; "prune" the fine-tune settings layered over each base model's config.
 ZOO = {
     "full": {
         "families": ["ast", "audiomae"],
@@ -52,9 +53,11 @@ ZOO = {
         "family_overrides": {"ast": {"lr": 3e-4}, "audiomae": {"lr": 5e-4}},
         "mae": {"crop_frames": 96, "epochs": 25, "batch_size": 64, "lr": 1e-3, "warmup_epochs": 2.0,
                 "mask_ratio": 0.8, "decoder_dim": 128, "decoder_depth": 2, "decoder_heads": 4},
-        "prune": {"method": "topk", "keep_rates": [0.7, 0.5], "drop_loc": [3, 6, 9], "seeds": [0],
-                  "epochs": 3, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.5,
-                  "prune_shrink_epochs": 1.5},
+        # Every seed is fine-tuned (the chapters put a CI on every point), briefly to fit the budget: one epoch
+        # from the selected unpruned weights, keep rate 1.0 for 0.2 of it, a cosine shrink over 0.5, then fixed.
+        "prune": {"method": "topk", "keep_rates": [0.7, 0.5], "drop_loc": [3, 6, 9], "seeds": [0, 1, 2],
+                  "epochs": 1, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.2,
+                  "prune_shrink_epochs": 0.5},
     },
     # Two synthetic 10-class sets standing in for the two real ones, a few steps each: for the book's smoke build.
     "smoke": {
@@ -69,7 +72,7 @@ ZOO = {
         "family_overrides": {},
         "mae": {"crop_frames": 32, "epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 0.0,
                 "mask_ratio": 0.8, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2},
-        "prune": {"method": "topk", "keep_rates": [0.7, 0.5], "drop_loc": [3, 6, 9], "seeds": [0],
+        "prune": {"method": "topk", "keep_rates": [0.7, 0.5], "drop_loc": [3, 6, 9], "seeds": [0, 1, 2],
                   "epochs": 1, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.25,
                   "prune_shrink_epochs": 0.5},
     },
@@ -177,15 +180,17 @@ def _entry(role, cfg) -> dict:
     return e
 
 
-def zoo_entries(profile: str = "full", require: bool = True, families=None, datasets=None) -> list:
-    """Metadata of the models of a profile (the chapters' entry point), optionally only some families / datasets.
-    ``require``: raise if any of the selected models is not built (a chapter never runs on part of its models)."""
+def zoo_entries(profile: str = "full", require: bool = True, families=None, datasets=None, roles=None) -> list:
+    """Metadata of the models of a profile (the chapters' entry point), optionally only some families / datasets /
+    roles ("mae", "base", "prune"). ``require``: raise if any of the selected models is not built (a chapter never
+    runs on part of its models)."""
     entries = [_entry(role, cfg) for role, cfg in zoo_plan(profile)]
-    entries = [e for e in entries if e["role"] == "mae" or (
-        (families is None or e["family"] in families) and (datasets is None or e["dataset"] in datasets))]
+    entries = [e for e in entries if (roles is None or e["role"] in roles) and (e["role"] == "mae" or (
+        (families is None or e["family"] in families) and (datasets is None or e["dataset"] in datasets)))]
     missing = [e for e in entries if not e["trained"] or (e["role"] != "mae" and "test_accuracy" not in e)]
     if require and missing:
-        names = ", ".join(f"{e['role']}:{e['family']}/{e['dataset']}/s{e['seed']}" for e in missing[:4])
+        names = ", ".join(f"{e['role']}:{e['family']}/{e['dataset']}/s{e['seed']}"
+                          + (f"@{e['keep_rate']}" if e["role"] == "prune" else "") for e in missing[:4])
         raise ConfigError(f"zoo {profile}: {len(missing)} of {len(entries)} models not built under {zoo_root()} "
                           f"({names}{', ...' if len(missing) > 4 else ''}); run `tprune zoo --profile {profile}`")
     return entries
