@@ -5,6 +5,7 @@ import copy
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 
@@ -171,3 +172,23 @@ def test_cli_bench_json(capsys):
     assert main(["bench", "--family", "ast", "--size", "tiny", "--frames", "64", "--keep-rate", "0.5",
                  "--method", "bogus", "--repeats", "3"]) == 2
     assert "method" in capsys.readouterr().err
+
+
+def test_load_grid_reads_the_stored_tables_and_names_bad_ones(tmp_path):
+    from tprune_core.bench import GRID_COLUMNS, load_grid
+    from tprune_core.errors import TpruneError
+    row = {c: 1 for c in GRID_COLUMNS}
+    row.update(family="ast", method="topk", dtype="fp32", device="cpu", device_name="X", efficiency=0.8)
+    pd.DataFrame([row, {**row, "efficiency": 0.9}]).to_csv(tmp_path / "cpu_grid.csv", index=False)
+    (tmp_path / "cpu_grid.json").write_text('{"device": "cpu", "threads": 2}')
+    df, meta = load_grid("cpu_grid", root=tmp_path)
+    assert df.efficiency.tolist() == [0.8, 0.9] and meta == {"device": "cpu", "threads": 2}
+    with pytest.raises(TpruneError, match="gpu_grid.csv"):
+        load_grid("gpu_grid", root=tmp_path)
+    pd.DataFrame([{"family": "ast"}]).to_csv(tmp_path / "odd.csv", index=False)
+    with pytest.raises(TpruneError, match="missing columns"):
+        load_grid("odd", root=tmp_path)
+    # the committed grids load: every row has a finite efficiency
+    for name in ("cpu_grid", "gpu_grid"):
+        df, meta = load_grid(name)
+        assert len(df) and df.efficiency.between(0.05, 2.0).all() and meta["device"] in ("cpu", "cuda")
