@@ -9,7 +9,7 @@ import seaborn as sns
 _PALETTE = sns.color_palette("colorblind", 10)
 METHOD_COLORS = {
     "topk": _PALETTE[0], "random": _PALETTE[7], "evit_fuse": _PALETTE[2], "tome": _PALETTE[4],
-    "mean": _PALETTE[1], "std": _PALETTE[8], "adaptive": _PALETTE[3], "intensity_range": _PALETTE[5],
+    "mean": _PALETTE[1], "std": _PALETTE[8], "adaptive": _PALETTE[5], "intensity_range": _PALETTE[6],
     "topk (fine-tuned)": _PALETTE[9], "unpruned": (0.2, 0.2, 0.2),
 }
 FAMILY_COLORS = {"ast": _PALETTE[0], "audiomae": _PALETTE[3]}
