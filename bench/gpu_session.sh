@@ -2,7 +2,8 @@
 # Everything this project measures on a lent GPU, as one script (about 6 minutes on an H100/H200):
 #   1. bench/gpu_grid.sh: fast-path check on CUDA + the pruned-inference timing grid (issue 8);
 #   2. training speed of the same `tprune train` command on CUDA (issue 4), on synthetic clips (no audio
-#      travels to the device), for the laptop-scale ViT-tiny and for ViT-B.
+#      travels to the device), for the laptop-scale ViT-tiny and for ViT-B;
+#   3. bench/gpu_profile.py: kernel launches and GPU busy time of a batch-1 pruned forward.
 # Results go to $OUT (device tool) or results/bench/. Wheels for packages the device image lacks may be in .whl/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,3 +34,7 @@ PYEOF
 }
 train tiny --family ast --size tiny --epochs 5 --batch-size 64
 train base --family ast --size base --epochs 3 --batch-size 64
+
+# 3. Where a batch-1 pruned forward spends its time (kernel launches vs GPU busy time).
+"$PY" bench/gpu_profile.py > "$OUT/gpu_profile.txt" 2>&1 || tail -20 "$OUT/gpu_profile.txt"
+grep -E "wall .* ms" "$OUT/gpu_profile.txt" || true

@@ -326,7 +326,8 @@ def pretrain(cfg: MAEConfig, pool=None) -> Path:
                 step += 1
                 steps_session += 1
                 loss_sum, seen = loss_sum + loss.item() * len(x), seen + len(x)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+                # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
                 if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
                     save_state()
             bar.close()

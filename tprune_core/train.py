@@ -593,7 +593,8 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
                 loss_sum += loss.item() * len(idx)
                 correct += (logits.argmax(1) == y).sum().item()
                 seen += len(idx)
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False,
                                 **({"keep": f"{kr:.2f}"} if cfg.prune_method else {}))
                 if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
                     save_state()
