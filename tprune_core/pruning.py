@@ -171,8 +171,8 @@ class PruneState:
             self.stat = torch.gather(self.stat, 1, idx)
         return out
 
-    def token_counts(self, n_tokens: int) -> torch.Tensor | None:
-        """(B,) tokens of each clip in a padded batch (prefix included), None when every clip has ``n_tokens``."""
+    def token_counts(self) -> torch.Tensor | None:
+        """(B,) tokens of each clip in a padded batch (prefix included), None when the batch is not padded."""
         return None if self.valid is None else self.valid.sum(1) + self.special()
 
     def attn_mask(self, x: torch.Tensor) -> torch.Tensor | None:
@@ -259,9 +259,9 @@ def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 ATTN_CHUNK_BYTES = 1 << 20   # CPU: attention matrices per chunk in _attend_received, about one core's L2 cache
 
 
-def _additive(mask: torch.Tensor | None, dtype) -> torch.Tensor | None:
-    return None if mask is None else torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(
-        ~mask, -math.inf)
+def _softmax(logits: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Softmax over keys; ``mask`` (bool, broadcastable, True = key takes part) gives padding keys zero weight."""
+    return (logits if mask is None else logits.masked_fill(~mask, -math.inf)).softmax(dim=-1)
 
 
 def _attend_received(attn, q, k, v, query_start, mask=None):
@@ -271,23 +271,21 @@ def _attend_received(attn, q, k, v, query_start, mask=None):
     averaged over heads and over queries from ``query_start`` on (padding queries and keys excluded: ``mask``)."""
     b, h, n, hd = q.shape
     q, k, v = ((q * attn.scale).reshape(b * h, n, hd), k.reshape(b * h, n, hd), v.reshape(b * h, n, hd))
-    bias = None
     if mask is not None:   # (B, 1, 1, N) -> one row per (clip, head); padding queries do not vote
-        bias = _additive(mask, q.dtype).expand(b, h, 1, n).reshape(b * h, 1, n)
-        voters = mask.expand(b, h, 1, n).reshape(b * h, n)[:, query_start:].to(q.dtype)
+        mask = mask.expand(b, h, 1, n).reshape(b * h, 1, n)
+        voters = mask[:, 0, query_start:].to(q.dtype)
     step = max(1, ATTN_CHUNK_BYTES // (n * n * q.element_size())) if q.device.type == "cpu" else b * h
     outs, received = [], []
     for i in range(0, b * h, step):
-        logits = q[i:i + step] @ k[i:i + step].transpose(-2, -1)
-        a = (logits if bias is None else logits + bias[i:i + step]).softmax(dim=-1)
-        if bias is None:
+        a = _softmax(q[i:i + step] @ k[i:i + step].transpose(-2, -1), None if mask is None else mask[i:i + step])
+        if mask is None:
             received.append(a[:, query_start:].sum(dim=1))
         else:
             received.append((voters[i:i + step, None] @ a[:, query_start:])[:, 0])
         outs.append(attn.attn_drop(a) @ v[i:i + step])
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     received = torch.cat(received) if len(received) > 1 else received[0]
-    n_voters = n - query_start if bias is None else voters.view(b, h, -1)[:, 0].sum(1, keepdim=True).clamp_min(1)
+    n_voters = n - query_start if mask is None else voters.view(b, h, -1)[:, 0].sum(1, keepdim=True).clamp_min(1)
     return out.view(b, h, n, hd), received.view(b, h, n).sum(dim=1) / (h * n_voters)
 
 
@@ -307,15 +305,11 @@ class _ScoringAttention:
         drop = self.attn_drop.p if self.training else 0.0
         if score_mode == "cls" and self.fused_attn:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
-            logits = (q[:, :, :1] * self.scale) @ k.transpose(-2, -1)
-            bias = _additive(attn_mask, logits.dtype)
-            scores = (logits if bias is None else logits + bias).softmax(dim=-1)[:, :, 0].mean(dim=1)
+            scores = _softmax((q[:, :, :1] * self.scale) @ k.transpose(-2, -1), attn_mask)[:, :, 0].mean(dim=1)
         elif self.fused_attn:  # received: every attention row is needed, but never all of them at once
             out, scores = _attend_received(self, q, k, v, query_start, attn_mask)
         else:
-            logits = (q * self.scale) @ k.transpose(-2, -1)
-            bias = _additive(attn_mask, logits.dtype)
-            attn = (logits if bias is None else logits + bias).softmax(dim=-1)
+            attn = _softmax((q * self.scale) @ k.transpose(-2, -1), attn_mask)
             if score_mode == "cls":
                 scores = attn[:, :, 0].mean(dim=1)
             elif attn_mask is None:  # attention received, averaged over heads and patch queries
@@ -339,7 +333,7 @@ class _PrunedBlock:
             if attn_mask is not None or is_causal:
                 raise ConfigError("pruning: per-clip methods do not combine with an external attention mask")
             attn_mask = padding
-        n_in = st.token_counts(x.shape[1])
+        n_in = st.token_counts()
         if not drops and st.record is None:
             st.counts.append((x.shape[1], x.shape[1], 0) if n_in is None else torch.stack([n_in, n_in, 0 * n_in], 1))
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
@@ -359,7 +353,7 @@ class _PrunedBlock:
             x = st.select(i, x, scores)
             if st.record is not None:
                 st.record._add(st.record.kept, i, _with_fused(st))
-        n_out = st.token_counts(x.shape[1])
+        n_out = st.token_counts()
         if n_in is None and n_out is None:
             st.counts.append((n_attn, x.shape[1], n_patch - (x.shape[1] - st.special())))
         else:

@@ -444,10 +444,11 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     try:
         bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
                    disable=not progress, file=sys.stderr)
+        # blocks before the first drop are unpruned: with ``shared`` they run once per batch for all settings
+        start = min(state[2]) if (shared is not None and method is not None) else 0
         for i in bar:
             x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
             with autocast(device, precision):
-                start = min(state[2]) if (shared is not None and method is not None) else 0
                 if start > 0:
                     key = (id(features), i, batch_size, precision, start)
                     if key not in shared:
