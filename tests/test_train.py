@@ -341,3 +341,33 @@ def test_evaluate_counts_clips_left_without_patch_tokens():
     kept_all = T.evaluate(model, data, "intensity_range", 1.0, (0,), options={"lo": -1e9, "hi": 1e9})
     assert kept_all["n_empty"] == 0
     assert out["gmacs_per_clip"] < kept_all["gmacs_per_clip"]
+
+
+def _grads(model, x, y):
+    model.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+def test_training_attention_is_explicit_on_cpu_same_gradients_and_restored():
+    torch.manual_seed(0)
+    model = create_model("audiomae", "tiny", 32, 4, depth=2).train()
+    x, y = torch.randn(3, 32, 128), torch.tensor([0, 1, 3])
+    fused = _grads(model, x, y)
+    with T.training_attention(model, torch.device("cpu")):
+        assert [b.attn.fused_attn for b in model.blocks] == [False, False]
+        explicit = _grads(model, x, y)
+    assert [b.attn.fused_attn for b in model.blocks] == [True, True]
+    assert torch.allclose(fused, explicit, atol=1e-5, rtol=1e-4)
+    # Restored even when training fails; other devices keep the fused path.
+    with pytest.raises(RuntimeError), T.training_attention(model, torch.device("cpu")):
+        raise RuntimeError("boom")
+    assert all(b.attn.fused_attn for b in model.blocks)
+    with T.training_attention(model, torch.device("cuda")):
+        assert all(b.attn.fused_attn for b in model.blocks)
+
+
+def test_optimizer_is_fused_adamw():
+    model = create_model("ast", "tiny", 32, 4, depth=1)
+    opt = T.adamw(T.param_groups(model, 0.05), lr=1e-3, betas=(0.9, 0.999))
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True

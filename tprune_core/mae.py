@@ -36,8 +36,9 @@ from timm.models.vision_transformer import Block
 
 from .errors import CheckpointError, ConfigError
 from .models import PATCH, SIZES, create_model, patch_grid, patch_pixels
-from .train import (TRAIN_VERSION, resume_state, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at, optimizer_step,
-                    param_groups, read_json, resolve_device, rng_state, save_atomic, zoo_root)
+from .train import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
+                    optimizer_step, param_groups, read_json, resolve_device, resume_state, rng_state, save_atomic,
+                    training_attention, zoo_root)
 
 
 @dataclass
@@ -282,7 +283,7 @@ def pretrain(cfg: MAEConfig, pool=None) -> Path:
     with cpu_threads(cfg.threads), deterministic(device):
         torch.manual_seed(cfg.seed)
         mae = MaskedAutoencoder(cfg).to(device)
-        opt = torch.optim.AdamW(param_groups(mae, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
+        opt = adamw(param_groups(mae, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
         step, history, elapsed, partial_sum = 0, [], 0.0, (0.0, 0)
         state_path = run_dir / "state.pt"
         st = resume_state(state_path, cfg, mae, opt, device)
@@ -308,28 +309,29 @@ def pretrain(cfg: MAEConfig, pool=None) -> Path:
             bar = tqdm(range(first, steps_per_epoch), desc=f"{tag} ep {epoch + 1}/{cfg.epochs}", unit="it",
                        leave=False, disable=not cfg.progress, file=sys.stderr, initial=first, total=steps_per_epoch,
                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
-            for b in bar:
-                # Windows and masks depend only on (seed, step): resumable without extra RNG state.
-                g = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 104_729 + 1)
-                ids = index[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
-                x, row0 = sample_windows(pool_x, ids, cfg.crop_frames, g)
-                keep, mask, restore = random_masking(len(x), mae.rows * mae.cols, cfg.mask_ratio, g)
-                x, row0, keep, mask, restore = (t.to(device) for t in (x, row0, keep, mask, restore))
-                lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
-                for grp in opt.param_groups:
-                    grp["lr"] = lr
-                with autocast(device, cfg.precision):
-                    loss, _ = mae(x, row0, keep, mask, restore)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower MAEConfig.lr")
-                optimizer_step(loss, mae, opt, cfg.grad_clip)
-                step += 1
-                steps_session += 1
-                loss_sum, seen = loss_sum + loss.item() * len(x), seen + len(x)
-                # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
-                if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
-                    save_state()
+            with training_attention(mae, device):
+                for b in bar:
+                    # Windows and masks depend only on (seed, step): resumable without extra RNG state.
+                    g = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 104_729 + 1)
+                    ids = index[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
+                    x, row0 = sample_windows(pool_x, ids, cfg.crop_frames, g)
+                    keep, mask, restore = random_masking(len(x), mae.rows * mae.cols, cfg.mask_ratio, g)
+                    x, row0, keep, mask, restore = (t.to(device) for t in (x, row0, keep, mask, restore))
+                    lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
+                    for grp in opt.param_groups:
+                        grp["lr"] = lr
+                    with autocast(device, cfg.precision):
+                        loss, _ = mae(x, row0, keep, mask, restore)
+                    if not torch.isfinite(loss):
+                        raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower MAEConfig.lr")
+                    optimizer_step(loss, mae, opt, cfg.grad_clip)
+                    step += 1
+                    steps_session += 1
+                    loss_sum, seen = loss_sum + loss.item() * len(x), seen + len(x)
+                    # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
+                    if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
+                        save_state()
             bar.close()
             row = {"epoch": epoch + 1, "step": step, "lr": lr, "loss": loss_sum / max(seen, 1),
                    "seconds": elapsed + time.perf_counter() - t0}

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from .errors import CheckpointError, ConfigError
 from .models import FAMILIES, PATCH, SIZES, create_model
 
-TRAIN_VERSION = 1   # bump when the training code changes its numbers in a way the config does not show
+TRAIN_VERSION = 2   # bump when the training code changes its numbers in a way the config does not show
 # Fields that only change how a run is executed, never its numbers: left out of the hash.
 OPERATIONAL = ("device", "threads", "ckpt_every", "eval_batch_size", "progress")
 
@@ -339,6 +339,30 @@ def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
     return st
 
 
+def adamw(groups, lr: float, betas: tuple) -> torch.optim.AdamW:
+    """AdamW with the fused kernel (CPU and CUDA). On 2 CPU cores the default per-parameter loop took 40 ms of a
+    330 ms ViT-tiny step (batch 32, 49 tokens), the fused kernel 12 ms."""
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+
+
+@contextlib.contextmanager
+def training_attention(module, device: torch.device):
+    """Explicit (matmul + softmax) attention in every block while training on CPU, timm's fused path otherwise.
+
+    PyTorch's CPU flash-attention backward is slow for short sequences: 7 ms per block for ViT-tiny at batch 32 and
+    49 tokens, a quarter of the training step; the explicit path makes the step ~20% faster. Evaluation keeps the
+    fused path (its forward is fine)."""
+    attns = [m for m in module.modules() if hasattr(m, "fused_attn")] if device.type == "cpu" else []
+    saved = [a.fused_attn for a in attns]
+    for a in attns:
+        a.fused_attn = False
+    try:
+        yield
+    finally:
+        for a, fused in zip(attns, saved):
+            a.fused_attn = fused
+
+
 def optimizer_step(loss, module, opt, grad_clip: float):
     """One update: backward, optional gradient-norm clipping, step (shared by supervised and MAE training)."""
     opt.zero_grad(set_to_none=True)
@@ -528,7 +552,7 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
         model = build_model(cfg, len(classes)).to(device)
         if cfg.prune_method:
             apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc, **cfg.prune_options)
-        opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        opt = adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
         augment = SpecAugment(cfg.freq_mask, cfg.time_mask)
         step, history, best, elapsed = 0, [], None, 0.0
         state_path = run_dir / "state.pt"
@@ -564,41 +588,42 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
             bar = tqdm(range(first, steps_per_epoch), desc=f"{tag} ep {epoch + 1}/{cfg.epochs}", unit="it",
                        leave=False, disable=not cfg.progress, file=sys.stderr, initial=first, total=steps_per_epoch,
                        mininterval=0.5 if sys.stderr.isatty() else 30.0)
-            for b in bar:
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                x = crop_frames(x_train[idx].float(), cfg.frames, random=True)
-                x, y = augment(x), y_train[idx]
-                if cfg.mixup > 0:
-                    lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
-                    mate = torch.randperm(len(idx))
-                    x = lam * x + (1 - lam) * x[mate]
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
-                for g in opt.param_groups:
-                    g["lr"] = lr
-                kr = keep_rate_schedule(step, total, cfg.keep_rate, hold, shrink) if cfg.prune_method else 1.0
-                if cfg.prune_method:
-                    set_keep_rate(model, kr)
-                with autocast(device, cfg.precision):
-                    logits = model(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            with training_attention(model, device):
+                for b in bar:
+                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                    x = crop_frames(x_train[idx].float(), cfg.frames, random=True)
+                    x, y = augment(x), y_train[idx]
                     if cfg.mixup > 0:
-                        loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate],
-                                                                        label_smoothing=cfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower TrainConfig.lr "
-                                      f"(now {cfg.lr}) or use precision='fp32'")
-                optimizer_step(loss, model, opt, cfg.grad_clip)
-                step += 1
-                steps_session += 1
-                loss_sum += loss.item() * len(idx)
-                correct += (logits.argmax(1) == y).sum().item()
-                seen += len(idx)
-                # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False,
-                                **({"keep": f"{kr:.2f}"} if cfg.prune_method else {}))
-                if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
-                    save_state()
+                        lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+                        mate = torch.randperm(len(idx))
+                        x = lam * x + (1 - lam) * x[mate]
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
+                    for g in opt.param_groups:
+                        g["lr"] = lr
+                    kr = keep_rate_schedule(step, total, cfg.keep_rate, hold, shrink) if cfg.prune_method else 1.0
+                    if cfg.prune_method:
+                        set_keep_rate(model, kr)
+                    with autocast(device, cfg.precision):
+                        logits = model(x)
+                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                        if cfg.mixup > 0:
+                            loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate],
+                                                                            label_smoothing=cfg.label_smoothing)
+                    if not torch.isfinite(loss):
+                        raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower TrainConfig.lr "
+                                          f"(now {cfg.lr}) or use precision='fp32'")
+                    optimizer_step(loss, model, opt, cfg.grad_clip)
+                    step += 1
+                    steps_session += 1
+                    loss_sum += loss.item() * len(idx)
+                    correct += (logits.argmax(1) == y).sum().item()
+                    seen += len(idx)
+                    # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False,
+                                    **({"keep": f"{kr:.2f}"} if cfg.prune_method else {}))
+                    if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
+                        save_state()
             bar.close()
             # End of epoch: validate at the target keep rate, keep the best, checkpoint.
             if cfg.prune_method:
