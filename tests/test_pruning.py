@@ -1,5 +1,6 @@
 """Token pruning: identity at keep rate 1.0, where and how many tokens are dropped, what each method keeps (checked
 against independent recomputations of attention, patch statistics and token layouts), records and errors."""
+import copy
 import math
 from fractions import Fraction
 
@@ -578,3 +579,20 @@ def test_bad_arguments(args, options, name):
     with pytest.raises(ConfigError, match=name):
         apply_pruning(m, *args, **options)
     assert type(m) is AudioViT      # a refused call leaves the model alone
+
+
+def test_only_random_pruning_draws_random_numbers(monkeypatch):
+    """The seeded generator is built per drop only for ``random``: other methods never pay for it."""
+    from tprune_core import pruning as P
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("_random called for a method that does not rank at random")
+
+    model = create_model("audiomae", "tiny", 32, 4).eval()
+    x = torch.randn(2, 32, 128)
+    monkeypatch.setattr(P.PruneState, "_random", refuse)
+    for method in ("topk", "mean", "std", "evit_fuse"):
+        with torch.inference_mode():
+            P.apply_pruning(copy.deepcopy(model), method, 0.5)(x)
+    with pytest.raises(AssertionError, match="_random called"), torch.inference_mode():
+        P.apply_pruning(copy.deepcopy(model), "random", 0.5)(x)

@@ -127,9 +127,10 @@ class PruneState:
         k = kept_count(n, self.keep_rate)
         if k == n:
             return x
-        rank = {"topk": patch_scores, "evit_fuse": patch_scores,
-                "random": self._random(x.shape[0], n, block, x.device),
-                "mean": self.stat, "std": self.stat}[self.method]
+        if self.method == "random":   # drawn only when asked for: a seeded generator per call is not free
+            rank = self._random(x.shape[0], n, block, x.device)
+        else:
+            rank = {"topk": patch_scores, "evit_fuse": patch_scores, "mean": self.stat, "std": self.stat}[self.method]
         idx = rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
         if self.method == "evit_fuse" and idx.shape[1] < n:
             fused = self._fuse(x, scores, idx)
