@@ -6,7 +6,8 @@
 For each operator: milliseconds per forward (torch profiler, self time) in the unpruned and the pruned model and the
 ratio between them, to compare with the MAC ratio. Then the four linear layers of one block timed alone at each
 stage's token count, with the same weights every call (hot in cache) and with one copy per block as in a real
-forward (the weights stream from memory): at batch 1 the late stages are too small to hide the weight traffic.
+forward (the weights stream from memory): if the cost per token rises as tokens fall in both columns alike, the
+small matrix products themselves are slow, not the memory traffic. Last, the same two models with bf16 weights.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from numbers import Integral
 import torch
 
 from .errors import ConfigError
-from .models import FAMILIES, PATCH, SIZES, create_model
+from .models import FAMILIES, PATCH, SIZES, create_model, explicit_attention
 from .pruning import METHODS, PER_CLIP, kept_count, tome_rounds
 
 
@@ -146,15 +146,8 @@ def macs_from_record(model, record) -> torch.Tensor:
 def flop_counter_macs(model, x) -> int:
     """MACs of one real forward measured by torch's FlopCounterMode (FLOPs / 2), attention written out."""
     from torch.utils.flop_counter import FlopCounterMode
-    fused = [blk.attn.fused_attn for blk in model.blocks]
-    for blk in model.blocks:
-        blk.attn.fused_attn = False
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        for blk, f in zip(model.blocks, fused):
-            blk.attn.fused_attn = f
+    with explicit_attention(model), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
     return counter.get_total_flops() // 2
 
 

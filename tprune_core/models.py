@@ -13,6 +13,7 @@ attention and ``state_dict`` keys are timm's own, so pruning can patch them in p
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 
 import torch
@@ -105,6 +106,21 @@ def patch_positions_tf(model: AudioViT) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Official checkpoints. Neither can be downloaded here; the code maps their key layouts onto ours.
+
+@contextmanager
+def explicit_attention(module: nn.Module):
+    """Every attention in ``module`` (timm's ``fused_attn`` flag) written out as matmul + softmax inside the block,
+    the fused kernel restored after it, also on error."""
+    attns = [m for m in module.modules() if hasattr(m, "fused_attn")]
+    saved = [a.fused_attn for a in attns]
+    for a in attns:
+        a.fused_attn = False
+    try:
+        yield
+    finally:
+        for a, fused in zip(attns, saved):
+            a.fused_attn = fused
+
 
 def _strip(state: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}

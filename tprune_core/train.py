@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import CheckpointError, ConfigError
-from .models import FAMILIES, PATCH, SIZES, create_model
+from .models import FAMILIES, PATCH, SIZES, create_model, explicit_attention
 
 TRAIN_VERSION = 2   # bump when the training code changes its numbers in a way the config does not show
 # Fields that only change how a run is executed, never its numbers: left out of the hash.
@@ -345,23 +345,13 @@ def adamw(groups, lr: float, betas: tuple) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
 
 
-@contextlib.contextmanager
 def training_attention(module, device: torch.device):
     """Explicit (matmul + softmax) attention in every block while training on CPU, timm's fused path otherwise.
 
     PyTorch's CPU flash-attention backward is slow for short sequences: 7 ms per block for ViT-tiny at batch 32 and
     49 tokens, a quarter of the training step; the explicit path makes the step ~20% faster. Evaluation keeps the
     fused path (its forward is fine)."""
-    attns = [m for m in module.modules() if hasattr(m, "fused_attn")] if device.type == "cpu" else []
-    saved = [a.fused_attn for a in attns]
-    for a in attns:
-        a.fused_attn = False
-    try:
-        yield
-    finally:
-        for a, fused in zip(attns, saved):
-            a.fused_attn = fused
-
+    return explicit_attention(module) if device.type == "cpu" else contextlib.nullcontext()
 
 def optimizer_step(loss, module, opt, grad_clip: float):
     """One update: backward, optional gradient-norm clipping, step (shared by supervised and MAE training)."""
