@@ -13,8 +13,8 @@ from tprune_core import pruning
 from tprune_core.bench import bench, bench_group, flat_row
 from tprune_core.cli import main
 from tprune_core.errors import ConfigError
-from tprune_core.macs import count_macs
-from tprune_core.models import create_model
+from tprune_core.macs import count_macs, flop_counter_macs
+from tprune_core.models import OneDNNLinear, create_model, onednn_linear
 from tprune_core.pruning import METHODS, apply_pruning, record
 
 FAMILIES = ["ast", "audiomae"]
@@ -100,6 +100,79 @@ def test_received_attention_chunks(family, monkeypatch):
         torch.testing.assert_close(received.sum(dim=1), torch.ones(2), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_onednn_linear_prunes_like_the_explicit_path(family, method):
+    """oneDNN linear layers on top of the fast path: the same kept tokens, scores and outputs (<= 1e-5) as
+    explicit attention with timm's own linear layers."""
+    fast, slow = make_pair(family, method, 0.4)
+    onednn_linear(fast)
+    assert sum(type(m) is OneDNNLinear for m in fast.modules()) == 4 * 12 + 1   # qkv, proj, fc1, fc2; head
+    x = inputs()
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), slow(x), atol=1e-5, rtol=0)
+        assert torch.equal(fast.tprune_last["tokens"], slow.tprune_last["tokens"])
+        with record(fast) as rf, record(slow) as rs:
+            torch.testing.assert_close(fast(x), slow(x), atol=1e-5, rtol=0)
+    assert all(hasattr(m, "_onednn_pack") for m in fast.modules() if isinstance(m, OneDNNLinear))
+    for b in rf.kept:
+        for kf, ks in zip(rf.kept[b], rs.kept[b], strict=True):
+            assert torch.equal(kf, ks), (b, method)
+
+
+def test_onednn_linear_keeps_the_module_contract():
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.GELU(), torch.nn.Linear(20, 3, bias=False))
+    m = onednn_linear(copy.deepcopy(ref))
+    assert [type(x) for x in m] == [OneDNNLinear, torch.nn.GELU, OneDNNLinear]
+    assert m.state_dict().keys() == ref.state_dict().keys()
+    x = torch.randn(2, 5, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref(x), atol=1e-6, rtol=1e-5)
+    assert hasattr(m[0], "_onednn_pack")                       # the oneDNN path ran (and packed its weight)
+    # the weight changes -> the packed copy follows (in-place update, load_state_dict)
+    other = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.GELU(), torch.nn.Linear(20, 3, bias=False))
+    m.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), other(x), atol=1e-6, rtol=1e-5)
+        m[2].weight.mul_(-1)
+        other[2].weight.mul_(-1)
+        torch.testing.assert_close(m(x), other(x), atol=1e-6, rtol=1e-5)
+    # training: autograd takes nn.Linear's path, with nn.Linear's gradients
+    m.zero_grad()
+    other.zero_grad()
+    m(x).square().sum().backward()
+    other(x).square().sum().backward()
+    for a, b in zip(m.parameters(), other.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-4)
+    # autocast keeps its own precision
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert m(x).dtype == torch.bfloat16
+    # copies and pickles leave the cache behind and still compute the same
+    c = copy.deepcopy(m)
+    assert not hasattr(c[0], "_onednn_pack") and type(c[0]) is OneDNNLinear
+    with torch.no_grad():
+        torch.testing.assert_close(c(x), other(x), atol=1e-6, rtol=1e-5)
+    # a model made under inference_mode has no version counter: its weight is used as is, never cached stale
+    with torch.inference_mode():
+        frozen = onednn_linear(torch.nn.Linear(12, 4))
+        y = frozen(x)
+        frozen.weight.mul_(2)
+        torch.testing.assert_close(frozen(x), 2 * y - frozen.bias, atol=1e-5, rtol=1e-5)
+    assert not hasattr(frozen, "_onednn_pack")
+    # and back
+    onednn_linear(m, enabled=False)
+    assert type(m[0]) is torch.nn.Linear and not hasattr(m[0], "_onednn_pack")
+
+
+def test_flop_counter_sees_onednn_models():
+    """The FLOP counter does not know oneDNN's op, so it must see nn.Linear's: MACs equal the analytic count."""
+    torch.manual_seed(0)
+    m = onednn_linear(apply_pruning(create_model("audiomae", "tiny", FRAMES, 5, mel=MEL).eval(), "topk", 0.5))
+    measured = flop_counter_macs(m, inputs(b=1))
+    assert measured == count_macs("audiomae", "tiny", FRAMES, 0.5, mel=MEL, num_classes=5)["macs"]
+
+
 def test_gather_contiguous_and_strided():
     x = torch.randn(3, 10, 4)
     idx = torch.tensor([[0, 2, 9], [1, 1, 5], [8, 3, 4]])
@@ -132,6 +205,7 @@ def test_bench_keys_and_mac_ratio():
     r = bench("audiomae", "tiny", 64, 0.5, batch=2, threads=1, repeats=3, warmup=1, mel=64)
     check_result(r, 3)
     assert torch.get_num_threads() == before and r["threads"] == 1
+    assert r["linear"] == "onednn"                                 # auto: fp32 on the CPU
     full = count_macs("audiomae", "tiny", 64, 1.0, mel=64)["macs"]
     pruned = count_macs("audiomae", "tiny", 64, 0.5, mel=64)["macs"]
     assert r["mac_ratio"] == pytest.approx(full / pruned) and r["mac_ratio"] > 1.5
@@ -155,6 +229,7 @@ def test_bench_group_per_clip_method_and_no_overhead():
 @pytest.mark.parametrize("kwargs, name", [
     (dict(method="nope"), "method"), (dict(repeats=2), "repeats"), (dict(dtype="fp8"), "dtype"),
     (dict(batch=0), "batch"), (dict(threads=0), "threads"), (dict(keep_rate=1.5), "keep_rate"),
+    (dict(linear="mkl"), "linear"), (dict(linear="onednn", dtype="bf16"), "linear"),
 ])
 def test_bench_bad_arguments(kwargs, name):
     args = dict(family="ast", size="tiny", frames=64, keep_rate=0.5, repeats=3, mel=64)
@@ -169,6 +244,9 @@ def test_cli_bench_json(capsys):
     r = json.loads(capsys.readouterr().out)
     check_result(r, 3)
     assert (r["family"], r["size"], r["frames"], r["tokens"]) == ("ast", "tiny", 64, 32)
+    assert main(["bench", "--family", "ast", "--size", "tiny", "--frames", "64", "--keep-rate", "0.5",
+                 "--threads", "1", "--repeats", "3", "--linear", "default", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["linear"] == "default"
     assert main(["bench", "--family", "ast", "--size", "tiny", "--frames", "64", "--keep-rate", "0.5",
                  "--method", "bogus", "--repeats", "3"]) == 2
     assert "method" in capsys.readouterr().err
