@@ -7,6 +7,11 @@ order rotated each round) so that load from other processes hits every model ali
 over rounds; the spread is the inter-quartile range, and the paired per-round ratios are reported next to the ratio
 of medians because, on a shared machine, a round's models see the same load.
 
+Every timed model shares one linear-layer backend (``linear``): on the CPU in fp32 by default oneDNN
+(``models.onednn_linear``), which is faster than timm's default (MKL through ``F.linear``) at every token count and
+loses less of its speed as pruning shrinks the matrices; ``linear="default"`` times timm's own path. Either way the
+stock, the keep-rate-1.0 and the pruned model compute alike, so the comparison stays like for like.
+
 ``bench`` is the single-configuration front end (``tprune bench``).
 """
 from __future__ import annotations
@@ -23,10 +28,11 @@ import torch
 
 from .errors import ConfigError
 from .macs import model_macs
-from .models import FAMILIES, SIZES, create_model
+from .models import FAMILIES, SIZES, create_model, onednn_available, onednn_linear
 from .pruning import METHODS, apply_pruning
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LINEARS = ("auto", "onednn", "default")
 
 
 def _device_name(device: torch.device) -> str:
@@ -47,6 +53,21 @@ def _stats(samples) -> dict:
     q25, med, q75 = np.percentile(a, [25, 50, 75])
     return {"median": float(med), "q25": float(q25), "q75": float(q75), "iqr": float(q75 - q25),
             "mad": float(np.median(np.abs(a - med))), "min": float(a.min()), "n": int(a.size)}
+
+
+def resolve_linear(linear: str, device, dtype: str) -> str:
+    """The linear backend a run will use: ``auto`` is oneDNN for fp32 on a CPU whose torch has it, else default."""
+    if linear not in LINEARS:
+        raise ConfigError(f"linear: expected one of {LINEARS}, got {linear!r}")
+    fits = torch.device(device).type == "cpu" and dtype == "fp32"
+    if linear == "onednn" and not fits:
+        raise ConfigError(f"linear: 'onednn' applies to fp32 on the CPU only (got device {str(device)!r}, "
+                          f"dtype {dtype!r}); use 'auto' or 'default'")
+    if linear == "onednn" and not onednn_available():
+        raise ConfigError("linear: 'onednn' requested but this torch build has no oneDNN; use 'default'")
+    if linear == "auto":
+        return "onednn" if fits and onednn_available() else "default"
+    return linear
 
 
 def _check(family, size, frames, batch, device, threads, repeats, dtype):
@@ -71,7 +92,7 @@ def _check(family, size, frames, batch, device, threads, repeats, dtype):
 def bench_group(family: str, size: str, frames: int, configs, batch: int = 1, device: str = "cpu",
                 threads: int | None = None, repeats: int | None = None, min_seconds: float = 10.0,
                 max_repeats: int = 100, warmup: int | None = None, dtype: str = "fp32", drop_loc=(3, 6, 9),
-                mel: int = 128, num_classes: int = 527, seed: int = 0, overhead=True,
+                mel: int = 128, num_classes: int = 527, seed: int = 0, overhead=True, linear: str = "auto",
                 progress: bool = False) -> list[dict]:
     """Time the stock model, the patched model at keep rate 1.0 and every ``(method, keep_rate)`` in ``configs``.
 
@@ -79,11 +100,13 @@ def bench_group(family: str, size: str, frames: int, configs, batch: int = 1, de
     (at most ``max_repeats``). ``overhead``: time a keep-rate-1.0 model for every method (True), for none (False)
     or for the methods listed; where none is timed, ``ms_kr1`` and ``overhead_at_kr1`` are NaN. (At keep rate 1.0
     the ranking and merging methods all run the same code, so one of them says what the patching costs.)
+    ``linear``: the linear-layer backend of every timed model (``LINEARS``; see the module docstring).
     Returns one result dict per config (see ``bench`` for the keys).
     """
     device = torch.device(device)
     configs = [(str(m), float(k)) for m, k in configs]
     _check(family, size, frames, batch, device, threads, repeats, dtype)
+    linear = resolve_linear(linear, device, dtype)
     for m, k in configs:
         if m not in METHODS:
             raise ConfigError(f"method: expected one of {METHODS}, got {m!r}")
@@ -96,16 +119,18 @@ def bench_group(family: str, size: str, frames: int, configs, batch: int = 1, de
         torch.set_num_threads(threads)
     try:
         return _run_group(family, size, frames, configs, batch, device, repeats, min_seconds, max_repeats,
-                          warmup, dtype, tuple(drop_loc), mel, num_classes, seed, overhead, progress)
+                          warmup, dtype, tuple(drop_loc), mel, num_classes, seed, overhead, linear, progress)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _run_group(family, size, frames, configs, batch, device, repeats, min_seconds, max_repeats, warmup, dtype,
-               drop_loc, mel, num_classes, seed, overhead, progress):
+               drop_loc, mel, num_classes, seed, overhead, linear, progress):
     with torch.random.fork_rng(devices=[]):   # weights from an explicit seed, global RNG untouched
         torch.manual_seed(seed)
         stock = create_model(family, size, frames, num_classes, mel=mel).eval()
+    if linear == "onednn":   # before the copies, so that every timed model has it
+        onednn_linear(stock)
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, frames, mel, generator=g).to(device)
 
@@ -163,7 +188,7 @@ def _run_group(family, size, frames, configs, batch, device, repeats, min_second
 
     full = np.asarray(times["full"])
     machine = {"device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
-               "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else False,
+               "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else False, "linear": linear,
                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
                "torch": torch.__version__, "timm": __import__("timm").__version__, "python": platform.python_version(),
                "load_before": round(load_before[0], 2), "load_after": round(load_after[0], 2), "cpus": os.cpu_count()}
@@ -201,7 +226,8 @@ def bench(family: str, size: str, frames: int, keep_rate: float, method: str = "
 
     Keys: ``ms_full``, ``ms_pruned``, ``ms_kr1`` (medians, ms per batch), ``speedup`` = ms_full / ms_pruned,
     ``mac_ratio`` = MACs full / MACs pruned (``macs.model_macs`` of the timed forwards), ``efficiency`` =
-    speedup / mac_ratio, ``overhead_at_kr1`` = patched at keep rate 1.0 vs stock timm (fraction), ``spread``
+    speedup / mac_ratio, ``overhead_at_kr1`` = patched at keep rate 1.0 vs stock timm (fraction; both with the
+    same ``linear`` backend), ``spread``
     (median, quartiles, IQR, MAD of every model's times and of the paired per-round ratios), every parameter, and
     the machine (device, threads, torch version, load average before and after).
     """

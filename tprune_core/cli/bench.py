@@ -16,8 +16,12 @@ def add_parser(subparsers):
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds (default: at least 7 and --min-seconds of timing)")
-    p.add_argument("--min-seconds", type=float, default=10.0)
+    p.add_argument("--min-seconds", type=float, default=30.0,
+                   help="seconds of timed rounds (default 30: on a 2-core VM, 10 s left the efficiency +-0.04 "
+                        "from run to run)")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
+    p.add_argument("--linear", default="auto", choices=["auto", "onednn", "default"],
+                   help="linear-layer backend of every timed model (auto: oneDNN for fp32 on the CPU, else timm's)")
     p.add_argument("--drop-loc", type=int, nargs="+", default=[3, 6, 9])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -34,14 +38,14 @@ def run(args):
     from ..bench import bench
     r = bench(args.family, args.size, args.frames, args.keep_rate, method=args.method, batch=args.batch,
               device=args.device, threads=args.threads, repeats=args.repeats, min_seconds=args.min_seconds,
-              dtype=args.dtype, drop_loc=args.drop_loc, seed=args.seed, progress=not args.json)
+              dtype=args.dtype, drop_loc=args.drop_loc, seed=args.seed, linear=args.linear, progress=not args.json)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
     s = r["spread"]
     print(f"{r['family']}-{r['size']} {r['tokens']} tokens, {r['method']} keep {r['keep_rate']}, batch {r['batch']}, "
           f"{r['device']} ({r['device_name']}, {r['threads']} threads, OMP_WAIT_POLICY {r['omp_wait_policy']}, "
-          f"{r['dtype']}), {r['repeats']} rounds, load {r['load_before']} -> {r['load_after']}")
+          f"{r['dtype']}, linear {r['linear']}), {r['repeats']} rounds, load {r['load_before']} -> {r['load_after']}")
     for name, key in (("full", "full"), ("pruned", "pruned"), ("patched kr 1.0", "kr1")):
         print(f"  {name:15s} {s[key]['median']:10.2f} ms  (IQR {s[key]['q25']:.2f}-{s[key]['q75']:.2f})")
     print(f"  speed-up {r['speedup']:.3f} (paired {s['speedup_paired']['median']:.3f}, "
