@@ -3,16 +3,19 @@
     python bench/cpu_profile.py                       # ViT-B AudioMAE, 256 tokens, batch 1, fp32, topk 0.5, 2 threads
     python bench/cpu_profile.py --family ast --keep-rate 0.7 --out results/bench/cpu_profile_ast.txt
 
+Wall time of both models with timm's default linear layers (MKL) and with oneDNN's (``models.onednn_linear``).
 For each operator: milliseconds per forward (torch profiler, self time) in the unpruned and the pruned model and the
 ratio between them, to compare with the MAC ratio. Then the four linear layers of one block timed alone at each
 stage's token count, with the same weights every call (hot in cache) and with one copy per block as in a real
 forward (the weights stream from memory): if the cost per token rises as tokens fall in both columns alike, the
-small matrix products themselves are slow, not the memory traffic. Last, the same two models with bf16 weights.
+small matrix products themselves are slow, not the memory traffic; and the same with oneDNN and packed weights.
+Last, the same two models with bf16 weights.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import sys
 import time
@@ -24,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tprune_core.macs import model_macs  # noqa: E402
-from tprune_core.models import SIZES, create_model  # noqa: E402
+from tprune_core.models import SIZES, create_model, onednn_available, onednn_linear  # noqa: E402
 from tprune_core.pruning import apply_pruning  # noqa: E402
 
 
@@ -37,6 +40,19 @@ def median_ms(fn, repeats):
         fn()
         times.append(1e3 * (time.perf_counter() - t))
     return statistics.median(times)
+
+
+def interleaved_ms(fns, repeats):
+    """Median ms of each function, timed in turn every round so that slow spells of the machine hit all alike."""
+    for fn in fns:
+        fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            t.append(1e3 * (time.perf_counter() - t0))
+    return [statistics.median(t) for t in times]
 
 
 def op_table(model, x, repeats=10) -> dict:
@@ -62,41 +78,69 @@ def main(argv=None):
     torch.manual_seed(0)
     full = create_model(a.family, a.size, a.frames, 527).eval()
     pruned = apply_pruning(copy.deepcopy(full), "topk", a.keep_rate)
+    models = {"default": (full, pruned)}
+    if onednn_available():
+        models["onednn"] = tuple(onednn_linear(copy.deepcopy(m)) for m in (full, pruned))
     x = torch.randn(1, a.frames, 128)
     lines = [f"{a.family}-{a.size}, {full.patch_embed.num_patches} patch tokens, batch 1, fp32, topk keep rate "
-             f"{a.keep_rate}, {torch.get_num_threads()} threads, torch {torch.__version__}", ""]
+             f"{a.keep_rate}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
+             f"{os.environ.get('OMP_WAIT_POLICY', 'default')}, torch {torch.__version__}", ""]
+    # Weights for the linear-layer timings, made outside inference_mode so that oneDNN can keep them packed.
+    dim = SIZES[a.size][0]
+    shapes = [(dim, 3 * dim), (dim, dim), (dim, 4 * dim), (4 * dim, dim)]
+    hot = [(torch.randn(o, i) * 0.02, torch.zeros(o)) for i, o in shapes]
+    cold = [[(torch.randn(o, i) * 0.02, torch.zeros(o)) for i, o in shapes] for _ in range(12)]
+    packed = []
+    if onednn_available():
+        for blk in cold:
+            packed.append([])
+            for (i, o), (w, b) in zip(shapes, blk):
+                lin = onednn_linear(torch.nn.Linear(i, o))
+                with torch.no_grad():
+                    lin.weight.copy_(w)
+                    lin.bias.copy_(b)
+                packed[-1].append((lin, w, b))
     with torch.inference_mode():
-        ms_full, ms_pruned = median_ms(lambda: full(x), 15), median_ms(lambda: pruned(x), 15)
+        for m in (*models["default"], *models.get("onednn", ())):
+            m(x)   # token counts for the MACs; oneDNN packs its weights
         mac_ratio = float(model_macs(full).mean() / model_macs(pruned).mean())
         counts = [c[0] for c in pruned._tprune.counts]
-        lines += [f"wall: unpruned {ms_full:.1f} ms, pruned {ms_pruned:.1f} ms, speedup {ms_full / ms_pruned:.3f}, "
-                  f"MAC ratio {mac_ratio:.3f}, efficiency {ms_full / ms_pruned / mac_ratio:.3f}",
-                  f"tokens entering each block: {counts}", ""]
-        t_full, t_pruned = op_table(full, x), op_table(pruned, x)
-        lines.append(f"{'operator (self time)':44s} {'unpruned':>9s} {'pruned':>9s} {'ratio':>7s}   ms per forward")
-        for key in sorted(t_full.keys() | t_pruned.keys(), key=lambda k: -t_full.get(k, 0) - t_pruned.get(k, 0))[:14]:
-            f, p = t_full.get(key, 0.0), t_pruned.get(key, 0.0)
-            lines.append(f"{key[:44]:44s} {f:9.2f} {p:9.2f} {f / p if p else float('nan'):7.2f}")
-        lines.append(f"{'all operators':44s} {sum(t_full.values()):9.2f} {sum(t_pruned.values()):9.2f} "
-                     f"{sum(t_full.values()) / sum(t_pruned.values()):7.2f}")
+        for name, (f, pr) in models.items():
+            ms_full, ms_pruned = interleaved_ms([lambda f=f: f(x), lambda pr=pr: pr(x)], 15)
+            lines.append(f"wall, {name} linear layers: unpruned {ms_full:.1f} ms, pruned {ms_pruned:.1f} ms, speedup "
+                         f"{ms_full / ms_pruned:.3f}, MAC ratio {mac_ratio:.3f}, efficiency "
+                         f"{ms_full / ms_pruned / mac_ratio:.3f}")
+        lines += [f"tokens entering each block: {counts}", ""]
+        for name, (f, pr) in models.items():
+            t_full, t_pruned = op_table(f, x), op_table(pr, x)
+            lines.append(f"{'operator (self time), ' + name + ' linear':44s} {'unpruned':>9s} {'pruned':>9s} "
+                         f"{'ratio':>7s}   ms per forward")
+            for key in sorted(t_full.keys() | t_pruned.keys(),
+                              key=lambda k: -t_full.get(k, 0) - t_pruned.get(k, 0))[:10]:
+                fm, pm = t_full.get(key, 0.0), t_pruned.get(key, 0.0)
+                lines.append(f"{key[:44]:44s} {fm:9.2f} {pm:9.2f} {fm / pm if pm else float('nan'):7.2f}")
+            lines += [f"{'all operators':44s} {sum(t_full.values()):9.2f} {sum(t_pruned.values()):9.2f} "
+                      f"{sum(t_full.values()) / sum(t_pruned.values()):7.2f}", ""]
 
         # The block's four linear layers alone at each stage's token count.
-        dim = SIZES[a.size][0]
-        shapes = [(dim, 3 * dim), (dim, dim), (dim, 4 * dim), (4 * dim, dim)]
-        hot = [(torch.randn(o, i) * 0.02, torch.zeros(o)) for i, o in shapes]
-        cold = [[(torch.randn(o, i) * 0.02, torch.zeros(o)) for i, o in shapes] for _ in range(12)]
         weight_mb = sum(w.numel() for w, _ in hot) * 4 / 2 ** 20
-        lines += ["", f"one block's four linear layers (qkv, proj, fc1, fc2; {weight_mb:.0f} MB of fp32 weights), "
-                  "ms per block:", f"{'tokens':>7s} {'hot weights':>12s} {'12 weight copies':>17s} {'per token (cold)':>17s}"]
+        lines += [f"one block's four linear layers (qkv, proj, fc1, fc2; {weight_mb:.0f} MB of fp32 weights), "
+                  "ms per block (12 weight copies: streamed from memory as in a forward) and us per token:",
+                  f"{'tokens':>7s} {'MKL hot':>9s} {'MKL 12 copies':>14s} {'per token':>10s} "
+                  f"{'oneDNN 12 copies':>17s} {'per token':>10s}"]
         for n in sorted(set(counts), reverse=True):
             xs = [torch.randn(n, i) for i, _ in shapes]
             h = median_ms(lambda: [F.linear(xi, w, b) for xi, (w, b) in zip(xs, hot)], 30)
             c = median_ms(lambda: [[F.linear(xi, w, b) for xi, (w, b) in zip(xs, blk)] for blk in cold], 10) / 12
-            lines.append(f"{n:7d} {h:12.2f} {c:17.2f} {1e3 * c / n:14.1f} us")
+            row = f"{n:7d} {h:9.2f} {c:14.2f} {1e3 * c / n:7.1f} us"
+            if packed:
+                d = median_ms(lambda: [[lin(xi) for xi, (lin, _, _) in zip(xs, blk)] for blk in packed], 10) / 12
+                row += f" {d:17.2f} {1e3 * d / n:7.1f} us"
+            lines.append(row)
 
         # Half the bytes per weight: the same two models stored in bf16 (not autocast, which re-reads fp32 weights).
         full16, pruned16, x16 = full.to(torch.bfloat16), pruned.to(torch.bfloat16), x.to(torch.bfloat16)
-        ms_full16, ms_pruned16 = median_ms(lambda: full16(x16), 15), median_ms(lambda: pruned16(x16), 15)
+        ms_full16, ms_pruned16 = interleaved_ms([lambda: full16(x16), lambda: pruned16(x16)], 15)
         lines += ["", f"bf16 weights: unpruned {ms_full16:.1f} ms, pruned {ms_pruned16:.1f} ms, speedup "
                   f"{ms_full16 / ms_pruned16:.3f}, efficiency {ms_full16 / ms_pruned16 / mac_ratio:.3f}"]
     text = "\n".join(lines) + "\n"

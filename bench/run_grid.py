@@ -6,7 +6,10 @@
 
 Rows already in the CSV with identical parameters are skipped, so an interrupted run resumes where it stopped.
 Each group (one model size, input length and batch) times the unpruned model once, interleaved with all its
-pruned variants; see ``tprune_core.bench.bench_group``.
+pruned variants; see ``tprune_core.bench.bench_group``. On the CPU every group runs with oneDNN linear layers (the
+``linear`` column; ``tprune bench``'s default), and the two 256-token batch-1 top-K groups once more with timm's
+default linear layers, to show what the backend changes. Rows written before the ``linear`` column existed count
+as ``default``.
 """
 from __future__ import annotations
 
@@ -25,10 +28,10 @@ sys.path.insert(0, str(REPO))
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from tprune_core.bench import _device_name, bench_group, flat_row  # noqa: E402
+from tprune_core.bench import _device_name, bench_group, flat_row, resolve_linear  # noqa: E402
 
 KEY = ["family", "size", "frames", "method", "keep_rate", "batch", "device", "threads", "dtype", "drop_loc", "mel",
-       "num_classes", "seed", "omp_wait_policy"]
+       "num_classes", "seed", "omp_wait_policy", "linear"]
 FRAMES = {64: 128, 256: 512, 512: 1024}          # patch tokens -> fbank frames (mel 128)
 RATES = (0.7, 0.5)
 ALL = [(m, k) for m in ("topk", "tome", "evit_fuse") for k in RATES]
@@ -44,6 +47,9 @@ def grid(device: str, quick: bool, families) -> list[dict]:
                     for f in families]
         for f in families:   # the targets: 256 tokens, topk, batch 1 and 32 (with tome / evit_fuse at batch 1)
             g.append(dict(family=f, tokens=256, batch=1, configs=ALL, min_seconds=40, repeats=None))
+        for f in families:   # the same with timm's default (MKL) linear layers: what oneDNN changes
+            g.append(dict(family=f, tokens=256, batch=1, configs=TOPK, min_seconds=30, repeats=None,
+                          linear="default"))
         for f in families:   # batch 32: a forward takes tens of seconds here, so 3 rounds, one kr-1.0 model
             g.append(dict(family=f, tokens=256, batch=32, configs=TOPK, min_seconds=0, repeats=3, warmup=1))
         for t in (64, 512):
@@ -67,6 +73,8 @@ def done_keys(path: Path) -> set:
     if not path.exists():
         return set()
     df = pd.read_csv(path)
+    if "linear" not in df:
+        df["linear"] = "default"
     return {tuple(str(v) for v in row) for row in df[KEY].itertuples(index=False)}
 
 
@@ -99,16 +107,19 @@ def main(argv=None):
     for grp in tqdm(groups, desc="groups"):
         frames = FRAMES[grp["tokens"]]
         dtype = grp.get("dtype", "fp32")
+        linear = resolve_linear(grp.get("linear", "auto"), args.device, dtype)
         todo = [(m, k) for m, k in grp["configs"]
                 if row_key(family=grp["family"], size=args.size, frames=frames, method=m, keep_rate=k,
                            batch=grp["batch"], device=args.device, threads=thread_col, dtype=dtype, drop_loc="3 6 9",
-                           mel=128, num_classes=527, seed=0, omp_wait_policy=os.environ["OMP_WAIT_POLICY"])
+                           mel=128, num_classes=527, seed=0, omp_wait_policy=os.environ["OMP_WAIT_POLICY"],
+                           linear=linear)
                 not in done]
         if not todo:
             continue
         results = bench_group(grp["family"], args.size, frames, todo, batch=grp["batch"], device=args.device,
                               threads=threads, repeats=grp["repeats"], min_seconds=grp["min_seconds"],
-                              warmup=grp.get("warmup"), dtype=dtype, overhead=["topk"], progress=True)
+                              warmup=grp.get("warmup"), dtype=dtype, overhead=["topk"], linear=linear,
+                              progress=True)
         rows = pd.DataFrame([flat_row(r) for r in results])
         if out.exists():
             rows = pd.concat([pd.read_csv(out), rows], ignore_index=True)
@@ -117,7 +128,8 @@ def main(argv=None):
         for r in results:
             ovh = r["overhead_at_kr1"]
             kr1 = "n/a" if ovh != ovh else f"{100 * ovh:+.1f}%"   # NaN: no keep-rate-1.0 model for this method
-            tqdm.write(f"{r['family']:8s} {r['tokens']:4d} tok b{r['batch']:<3d} {r['method']:9s} {r['keep_rate']:.1f} "
+            tqdm.write(f"{r['family']:8s} {r['tokens']:4d} tok b{r['batch']:<3d} {r['linear']:6s} {r['method']:9s} "
+                       f"{r['keep_rate']:.1f} "
                        f"full {r['ms_full']:9.1f} ms  pruned {r['ms_pruned']:9.1f} ms  speedup {r['speedup']:.3f}  "
                        f"MACs {r['mac_ratio']:.3f}  eff {r['efficiency']:.3f}  kr1 {kr1}  "
                        f"load {r['load_before']}->{r['load_after']}")
@@ -137,7 +149,9 @@ def main(argv=None):
                     "ms_full / ms_pruned; mac_ratio from tprune_core.macs; efficiency = speedup / mac_ratio; "
                     "efficiency_min the same from each model's fastest round; cpu_efficiency from process CPU time; "
                     "overhead_at_kr1 = patched at keep rate 1.0 (timed for topk only) vs stock timm, overhead_paired "
-                    "the median of per-round ratios; load_* = 1-min load average. Other processes share the machine: "
+                    "the median of per-round ratios; linear = the linear-layer backend of every model of the row "
+                    "(onednn: tprune_core.models.onednn_linear; default: timm's F.linear); "
+                    "load_* = 1-min load average. Other processes share the machine: "
                     "compare ratios within a group (same family, tokens, batch), not absolute ms across groups."}
     sidecar.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {out} ({len(pd.read_csv(out))} rows) and {sidecar.name}")
