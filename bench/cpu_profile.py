@@ -31,21 +31,11 @@ from tprune_core.models import SIZES, create_model, onednn_available, onednn_lin
 from tprune_core.pruning import apply_pruning  # noqa: E402
 
 
-def median_ms(fn, repeats):
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
-
-
-def interleaved_ms(fns, repeats):
+def interleaved_ms(fns, repeats, warmup=3):
     """Median ms of each function, timed in turn every round so that slow spells of the machine hit all alike."""
-    for fn in fns:
-        fn()
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
     times = [[] for _ in fns]
     for _ in range(repeats):
         for fn, t in zip(fns, times):
@@ -53,6 +43,10 @@ def interleaved_ms(fns, repeats):
             fn()
             t.append(1e3 * (time.perf_counter() - t0))
     return [statistics.median(t) for t in times]
+
+
+def median_ms(fn, repeats):
+    return interleaved_ms([fn], repeats)[0]
 
 
 def op_table(model, x, repeats=10) -> dict:
