@@ -353,6 +353,7 @@ def training_attention(module, device: torch.device):
     fused path (its forward is fine)."""
     return explicit_attention(module) if device.type == "cpu" else contextlib.nullcontext()
 
+
 def optimizer_step(loss, module, opt, grad_clip: float):
     """One update: backward, optional gradient-norm clipping, step (shared by supervised and MAE training)."""
     opt.zero_grad(set_to_none=True)
