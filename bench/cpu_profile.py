@@ -28,7 +28,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tprune_core.macs import model_macs  # noqa: E402
 from tprune_core.models import SIZES, create_model, onednn_available, onednn_linear  # noqa: E402
-from tprune_core.pruning import apply_pruning  # noqa: E402
+from tprune_core.pruning import apply_pruning, last_forward  # noqa: E402
 
 
 def interleaved_ms(fns, repeats, warmup=3):
@@ -98,7 +98,7 @@ def main(argv=None):
         for m in (*models["default"], *models.get("onednn", ())):
             m(x)   # token counts for the MACs; oneDNN packs its weights
         mac_ratio = float(model_macs(full).mean() / model_macs(pruned).mean())
-        counts = [c[0] for c in pruned._tprune.counts]
+        counts = last_forward(pruned).tokens[0, :, 0].tolist()
         for name, (f, pr) in models.items():
             ms_full, ms_pruned = interleaved_ms([lambda f=f: f(x), lambda pr=pr: pr(x)], 15)
             lines.append(f"wall, {name} linear layers: unpruned {ms_full:.1f} ms, pruned {ms_pruned:.1f} ms, speedup "

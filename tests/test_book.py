@@ -191,7 +191,7 @@ def test_bad_findings_are_refused(tmp_path, rows, match):
 
 # ------------------------------------------------------------------------------------------- reruns
 
-def test_tprune_run_executes_a_rerun_and_lists_it(tmp_path, capsys):
+def test_run_command_executes_a_rerun_and_lists_it(tmp_path, capsys):
     root = _make_root(tmp_path)
     source = root / "book" / "tiny.md"
     before = hashlib.sha256(source.read_bytes()).hexdigest()
@@ -223,7 +223,7 @@ def test_tprune_run_executes_a_rerun_and_lists_it(tmp_path, capsys):
         "file": "book/reruns/index", "sections": [{"file": "book/reruns/tiny-three"}]}]}
 
 
-def test_tprune_run_without_tag_uses_a_param_hash(tmp_path):
+def test_run_command_without_tag_uses_a_param_hash(tmp_path):
     root = _make_root(tmp_path)
     _cli(["run", "tiny", "-p", "label", "'x y'", "--root", str(root), "--profile", "smoke"])
     made = list((root / "book" / "reruns").glob("tiny-*.ipynb"))
@@ -235,7 +235,7 @@ def test_tprune_run_without_tag_uses_a_param_hash(tmp_path):
     assert book.rerun_label({"label": "x y"}, None, "full") != label
 
 
-def test_tprune_run_refuses_bad_requests(tmp_path):
+def test_run_command_refuses_bad_requests(tmp_path):
     root = _make_root(tmp_path)
     with pytest.raises(ConfigError, match="no parameter \\['m'\\]"):
         _cli(["run", "tiny", "-p", "m", "3", "--root", str(root)])

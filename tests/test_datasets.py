@@ -123,7 +123,7 @@ def test_unknown_layout_names_the_folder_and_expected_layouts(tmp_path):
         find_datasets(junk)
 
 
-def test_root_may_be_the_dataset_or_its_parent_and_tprune_data_is_used(fake_esc50, monkeypatch):
+def test_root_may_be_the_dataset_or_its_parent_and_the_data_variable_is_used(fake_esc50, monkeypatch):
     n = len(load_dataset("esc50", fake_esc50, "all"))
     assert n == len(load_dataset("esc50", fake_esc50.parent, "all")) == 10
     assert detect_layout(fake_esc50) == ("esc50", "official")

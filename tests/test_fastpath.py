@@ -15,7 +15,7 @@ from tprune_core.cli import main
 from tprune_core.errors import ConfigError
 from tprune_core.macs import count_macs, flop_counter_macs
 from tprune_core.models import OneDNNLinear, create_model, onednn_linear
-from tprune_core.pruning import METHODS, apply_pruning, record
+from tprune_core.pruning import METHODS, apply_pruning, last_forward, record
 
 FAMILIES = ["ast", "audiomae"]
 FRAMES, MEL = 96, 64                      # 6 x 4 = 24 patch tokens: small, and 0.7 * n is not an integer
@@ -62,8 +62,8 @@ def test_fast_path_matches_explicit(family, method, rate, chunk_bytes, monkeypat
         # plain forward: scores only in drop blocks, SDPA elsewhere
         out_f, out_s = fast(x), slow(x)
         torch.testing.assert_close(out_f, out_s, atol=1e-5, rtol=0)
-        assert torch.equal(fast.tprune_last["tokens"], slow.tprune_last["tokens"])
-        tokens = fast.tprune_last["tokens"]
+        assert torch.equal(last_forward(fast).tokens, last_forward(slow).tokens)
+        tokens = last_forward(fast).tokens
         assert (tokens[:, -1, 0] < tokens[:, 0, 0]).all()   # the models really pruned
         # recorded forward: scores in every block, kept positions at every drop
         with record(fast) as rf, record(slow) as rs:
@@ -111,7 +111,7 @@ def test_onednn_linear_prunes_like_the_explicit_path(family, method):
     x = inputs()
     with torch.inference_mode():
         torch.testing.assert_close(fast(x), slow(x), atol=1e-5, rtol=0)
-        assert torch.equal(fast.tprune_last["tokens"], slow.tprune_last["tokens"])
+        assert torch.equal(last_forward(fast).tokens, last_forward(slow).tokens)
         with record(fast) as rf, record(slow) as rs:
             torch.testing.assert_close(fast(x), slow(x), atol=1e-5, rtol=0)
     assert all(hasattr(m, "_onednn_pack") for m in fast.modules() if isinstance(m, OneDNNLinear))

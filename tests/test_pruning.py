@@ -12,8 +12,8 @@ from timm.models.vision_transformer import Block
 
 from tprune_core.errors import ConfigError
 from tprune_core.models import AudioViT, create_model
-from tprune_core.pruning import (FUSED_POSITION, METHODS, apply_pruning, forward_from, hidden_before, kept_count,
-                                 record, remove_pruning, set_keep_rate)
+from tprune_core.pruning import (FUSED_POSITION, METHODS, apply_pruning, forward_from, hidden_before, is_pruned,
+                                 kept_count, last_forward, record, remove_pruning, set_keep_rate)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,7 +87,7 @@ def test_keep_rate_one_is_identity(family):
             apply_pruning(m, method, 1.0, **options.get(method, {}))
             out = m(x)
             assert (out - ref).abs().max().item() <= 1e-5, method
-            tokens = m.tprune_last["tokens"]
+            tokens = last_forward(m).tokens
             assert tokens.shape == (2, 12, 3)
             assert (tokens[..., 0] == PREFIX[family] + N).all() and (tokens[..., 2] == 0).all(), method
             remove_pruning(m)
@@ -98,6 +98,7 @@ def test_keep_rate_one_is_identity(family):
 def test_state_dict_and_classes_unchanged(family):
     m = make_model(family)
     before = {k: v.clone() for k, v in m.state_dict().items()}
+    attrs_before = [set(vars(o)) for o in [m, *m.blocks]]
     x = torch.randn(2, FRAMES, MEL)
     for method in METHODS:
         apply_pruning(m, method, 0.5)
@@ -111,7 +112,8 @@ def test_state_dict_and_classes_unchanged(family):
     assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
     assert type(m) is AudioViT
     assert all(type(b) is Block and type(b.attn) is Attention for b in m.blocks)
-    assert not any(hasattr(o, "_tprune") for o in [m, *m.blocks])
+    assert not is_pruned(m)
+    assert [set(vars(o)) for o in [m, *m.blocks]] == attrs_before   # no bookkeeping attribute left behind
 
 
 def test_kept_count_ceil():
@@ -133,7 +135,7 @@ def test_token_counts_compound(family, method, rate):
     apply_pruning(m, method, rate)
     with torch.no_grad():
         m(torch.randn(2, frames, MEL))
-    tokens = m.tprune_last["tokens"]
+    tokens = last_forward(m).tokens
     p = PREFIX[family]
     extra = 0
     for b in range(12):
@@ -223,7 +225,7 @@ def test_scores_are_the_papers_attention_statistics(family, fused):
             got = torch.stack(rec.scores[b])
             torch.testing.assert_close(got, expect, atol=1e-6, rtol=1e-5)
     # the recorded tokens entering each block agree with the forward's own count
-    assert torch.equal(rec.tokens, m.tprune_last["tokens"])
+    assert torch.equal(rec.tokens, last_forward(m).tokens)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -242,7 +244,7 @@ def test_prefix_tokens_survive(family):
             blk, x_in = m.blocks[b], seen["in"][b]
             y = x_in + attention(blk.attn, blk.norm1(x_in))[0]
             torch.testing.assert_close(seen["mlp_in"][b][:, :p], y[:, :p], atol=1e-5, rtol=1e-5)
-    assert m.tprune_last["tokens"][0, 4:, 0].tolist() == [p + 1] * 8
+    assert last_forward(m).tokens[0, 4:, 0].tolist() == [p + 1] * 8
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -374,7 +376,7 @@ def test_tome_merges_most_similar(family, vecs, rate, groups):
     expect = torch.stack([vecs[g].mean(0) for g in groups])
     torch.testing.assert_close(merged, expect, atol=1e-6, rtol=1e-5)
     assert rec.kept[0][0].tolist() == [g[-1] for g in groups]    # a merged token keeps its destination's position
-    assert m.tprune_last["tokens"][0, 0].tolist() == [p + n, p + len(groups), n - len(groups)]
+    assert last_forward(m).tokens[0, 0].tolist() == [p + n, p + len(groups), n - len(groups)]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -391,7 +393,7 @@ def test_tome_counts_multiple_rounds(family):
                 kept = rec.kept[b][c]
                 assert len(kept) == k and len(set(kept.tolist())) == k
                 assert set(kept.tolist()) <= set(rec.positions[b][c].tolist())
-            assert (m.tprune_last["tokens"][:, b, 2] == n - k).all()
+            assert (last_forward(m).tokens[:, b, 2] == n - k).all()
             n = k
 
 
@@ -417,7 +419,7 @@ def test_random_is_seeded(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_intensity_range(family):
     """Keeps exactly the patches whose mean lies in [lo, hi), clip by clip; a clip with no patch in range is not
-    skipped: its prediction comes from the prefix tokens alone and it is counted in ``tprune_last['n_empty']``."""
+    skipped: its prediction comes from the prefix tokens alone and it is counted in ``last_forward(m).n_empty``."""
     g = torch.Generator().manual_seed(5)
     levels = torch.tensor([-1.0, 0.5, 1.0, 2.0, 3.0])            # 0.5 (= lo) is in, 2.0 (= hi) is out
     grid = levels[torch.randint(0, 5, (3, FRAMES // 16, MEL // 16), generator=g)]
@@ -434,9 +436,9 @@ def test_intensity_range(family):
              if 0.5 <= grid[c, t, f] < 2.0} for c in range(3)]
     assert kept_sets(rec, 3) == want and len(want[0]) > 0 and want[2] == set()
     p = PREFIX[family]
-    tokens = m.tprune_last["tokens"]
+    tokens = last_forward(m).tokens
     assert [int(tokens[c, 4, 0]) for c in range(3)] == [p + len(s) for s in want]
-    assert m.tprune_last["n_empty"] == 1
+    assert last_forward(m).n_empty == 1
     # the empty clip's prediction comes from its prefix tokens (AudioMAE: the CLS token)
     f2 = feats[2]
     assert f2.shape == (1, p, 192)
@@ -453,7 +455,7 @@ def test_intensity_range(family):
         m(x)
     assert kept_sets(rec, 3) == [{token_index(family, t, f) for t in range(FRAMES // 16) for f in range(MEL // 16)
                                   if float(grid[c, t, f]) in (-1.0, 3.0)} for c in range(3)]
-    assert m.tprune_last["n_empty"] == 0
+    assert last_forward(m).n_empty == 0
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -474,7 +476,7 @@ def test_adaptive_keeps_fewest_reaching_mass(family, mass, rate):
             capped += fewest > k
             pruned += k < n
             assert set(rec.kept[b][c].tolist()) == set(pos[scores.topk(k).indices].tolist()), (b, c)
-            assert int(m.tprune_last["tokens"][c, b, 2]) == n - k
+            assert int(last_forward(m).tokens[c, b, 2]) == n - k
     assert pruned > 0 and (capped > 0 if rate < 1.0 else capped == 0)
 
 
@@ -496,8 +498,8 @@ def test_per_clip_batch_equals_clip_by_clip(family, method, options, rate, fused
     apply_pruning(m, method, rate, **options)
     with torch.no_grad():
         batch = m(x)
-        tokens, empty = m.tprune_last["tokens"], m.tprune_last["n_empty"]
-        alone = [(m(x[i:i + 1]), m.tprune_last["tokens"], m.tprune_last["n_empty"]) for i in range(len(x))]
+        tokens, empty = last_forward(m).tokens, last_forward(m).n_empty
+        alone = [(m(x[i:i + 1]), last_forward(m).tokens, last_forward(m).n_empty) for i in range(len(x))]
     torch.testing.assert_close(batch, torch.cat([a[0] for a in alone]), atol=1e-5, rtol=1e-5)
     assert torch.equal(tokens, torch.cat([a[1] for a in alone]))
     assert empty == sum(a[2] for a in alone)
@@ -518,11 +520,12 @@ def test_forward_from_shared_prefix_is_the_same_forward(family, method):
         apply_pruning(m, method, 0.5, drop_loc, **options)
         with torch.no_grad():
             plain = m(x)
-            want = dict(m.tprune_last)
+            want = last_forward(m)
             apply_pruning(m, method, 0.5, drop_loc, **options)     # same random stream for `random`
             resumed = forward_from(m, x, hidden_before(m, x, start), start)
         torch.testing.assert_close(resumed, plain, atol=1e-6, rtol=1e-6)
-        assert torch.equal(m.tprune_last["tokens"], want["tokens"]) and m.tprune_last["n_empty"] == want["n_empty"]
+        assert torch.equal(last_forward(m).tokens, want.tokens) and last_forward(m).n_empty == want.n_empty
+        assert torch.equal(last_forward(m).positions, want.positions)
     with pytest.raises(ConfigError, match="start"):
         forward_from(m, x, hidden_before(m, x, 6), 6)              # past the first drop location (5)
 
@@ -535,10 +538,10 @@ def test_set_keep_rate(family):
         ref = m(x)
         apply_pruning(m, "topk", 0.5)
         m(x)
-        assert m.tprune_last["tokens"][0, 4, 0].item() == PREFIX[family] + 16
+        assert last_forward(m).tokens[0, 4, 0].item() == PREFIX[family] + 16
         set_keep_rate(m, 0.25)
         m(x)
-        assert m.tprune_last["tokens"][0, 4, 0].item() == PREFIX[family] + 8
+        assert last_forward(m).tokens[0, 4, 0].item() == PREFIX[family] + 8
         set_keep_rate(m, 1.0)
         assert (m(x) - ref).abs().max().item() <= 1e-5
     with pytest.raises(ConfigError, match="keep_rate"):
@@ -556,7 +559,7 @@ def test_record_on_unpatched_model():
         with record(m) as rec:
             out = m(x)
     assert (out - ref).abs().max().item() <= 1e-5
-    assert type(m) is AudioViT and not hasattr(m, "_tprune")
+    assert type(m) is AudioViT and not is_pruned(m)
     assert sorted(rec.scores) == list(range(12)) and rec.kept == {}
     assert rec.tokens.shape == (2, 12, 3) and (rec.tokens[..., 0] == 1 + N).all()
 
@@ -590,9 +593,47 @@ def test_only_random_pruning_draws_random_numbers(monkeypatch):
 
     model = create_model("audiomae", "tiny", 32, 4).eval()
     x = torch.randn(2, 32, 128)
-    monkeypatch.setattr(P.PruneState, "_random", refuse)
+    monkeypatch.setattr(P, "_random", refuse)
     for method in ("topk", "mean", "std", "evit_fuse"):
         with torch.inference_mode():
             P.apply_pruning(copy.deepcopy(model), method, 0.5)(x)
     with pytest.raises(AssertionError, match="_random called"), torch.inference_mode():
         P.apply_pruning(copy.deepcopy(model), "random", 0.5)(x)
+
+
+def test_public_state_api_reports_settings_counts_positions_and_calls():
+    """``settings``, ``last_forward``, ``call_count`` and ``set_call_count`` are all a caller needs of a patched
+    model: the token table is one tensor, positions are the surviving original patch indices (padding marked)."""
+    from tprune_core.pruning import PADDING_POSITION, call_count, set_call_count, settings
+    m = make_model("audiomae")
+    x = torch.randn(3, FRAMES, MEL, generator=torch.Generator().manual_seed(0))
+    assert settings(m) is None and not is_pruned(m)
+    with pytest.raises(ConfigError, match="not patched"):
+        last_forward(m)
+    apply_pruning(m, "topk", 0.5, (3, 6, 9))
+    with pytest.raises(ConfigError, match="not run a forward"):
+        last_forward(m)
+    assert settings(m).method == "topk" and settings(m).keep_rate == 0.5 and settings(m).drop_loc == (3, 6, 9)
+    with torch.no_grad(), record(m) as rec:
+        m(x)
+    last = last_forward(m)
+    n = m.patch_embed.num_patches
+    assert last.tokens.dtype == torch.long and last.tokens.shape == (3, len(m.blocks), 3)
+    assert last.positions.shape == (3, kept_count(kept_count(kept_count(n, 0.5), 0.5), 0.5))
+    assert torch.equal(last.positions, torch.stack(list(rec.kept[9])))    # the same provenance as a record
+    assert last.calls == call_count(m) == 1
+    set_call_count(m, 7)
+    with torch.no_grad():
+        m(x)
+    assert call_count(m) == 8 and last_forward(m).calls == 8
+    with pytest.raises(ConfigError, match="calls"):
+        set_call_count(m, -1)
+    # a per-clip method pads: positions beyond a clip's own count are PADDING_POSITION, kept() drops them
+    apply_pruning(m, "adaptive", 1.0, (3, 6, 9), mass=0.5)
+    with torch.no_grad():
+        m(x)
+    last = last_forward(m)
+    for c in range(3):
+        kept = last.kept(c)
+        assert (kept != PADDING_POSITION).all()
+        assert len(kept) == int(last.tokens[c, -1, 1]) - m.num_prefix_tokens

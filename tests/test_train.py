@@ -18,6 +18,7 @@ import torch
 from tprune_core import train as T
 from tprune_core.errors import CheckpointError, ConfigError
 from tprune_core.models import create_model
+from tprune_core.pruning import is_pruned, settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -143,11 +144,11 @@ def test_evaluate_reports_macs_and_restores_model_state():
     assert full["n_clips"] == 10 and full["method"] is None and full["keep_rate"] == 1.0
     assert half["method"] == "topk" and half["keep_rate"] == 0.5
     assert half["gmacs_per_clip"] < 0.8 * full["gmacs_per_clip"]
-    assert not hasattr(model, "_tprune")                          # unpatched again
+    assert not is_pruned(model)                          # unpatched again
     from tprune_core.pruning import apply_pruning
     apply_pruning(model, "random", 0.7)
     T.evaluate(model, fs, method="topk", keep_rate=0.3)
-    assert (model._tprune.method, model._tprune.keep_rate) == ("random", 0.7)   # previous patch restored
+    assert (settings(model).method, settings(model).keep_rate) == ("random", 0.7)   # previous patch restored
     with pytest.raises(ConfigError, match="frames"):
         T.evaluate(model, toy_set(4, 0, frames=16))
 

@@ -15,7 +15,7 @@ import torch
 
 from .errors import ConfigError
 from .models import FAMILIES, PATCH, SIZES, create_model, explicit_attention
-from .pruning import METHODS, PER_CLIP, kept_count, tome_rounds
+from .pruning import METHODS, PER_CLIP, kept_count, last_forward, settings, tome_rounds
 
 
 @dataclass(frozen=True)
@@ -128,13 +128,13 @@ def count_macs(family: str, size: str, frames: int, keep_rate: float = 1.0, drop
 
 
 def model_macs(model, tokens=None) -> torch.Tensor:
-    """MACs per clip of ``model`` for its last forward (``tokens``: (B, depth, 3), default ``model.tprune_last``);
-    an unpatched model counts as unpruned."""
+    """MACs per clip of ``model`` for its last forward (``tokens``: (B, depth, 3), default
+    ``pruning.last_forward(model).tokens``); an unpatched model counts as unpruned."""
     d = Dims.of(model)
-    state = getattr(model, "_tprune", None)
+    patched = settings(model)
     if tokens is None:
-        tokens = model.tprune_last["tokens"] if state is not None else torch.tensor(token_schedule(d))[None]
-    method = state.method if state is not None else "topk"
+        tokens = last_forward(model).tokens if patched is not None else torch.tensor(token_schedule(d))[None]
+    method = patched.method if patched is not None else "topk"
     return torch.tensor([macs_from_tokens(d, t, method)["macs"] for t in tokens], dtype=torch.float64)
 
 

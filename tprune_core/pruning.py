@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -28,12 +28,14 @@ from timm.models.vision_transformer import Block
 
 from .errors import ConfigError
 from .models import patch_pixels
+from .rules import METHODS, OPTIONS, PATCH_STAT, PER_CLIP, SCORED, check_pruning
 
-METHODS = ("topk", "random", "mean", "std", "evit_fuse", "tome", "intensity_range", "adaptive")
-SCORED = {"topk", "evit_fuse", "adaptive"}      # rank by attention
-PER_CLIP = {"intensity_range", "adaptive"}      # keep counts differ between clips (see PruneState.select)
-OPTIONS = {"random": {"seed"}, "intensity_range": {"keep_ranges", "lo", "hi"}, "adaptive": {"mass"}}
+__all__ = ["METHODS", "FUSED_POSITION", "PADDING_POSITION", "PruneSettings", "LastForward", "PruneRecord",
+           "apply_pruning", "remove_pruning", "set_keep_rate", "is_pruned", "settings", "last_forward",
+           "call_count", "set_call_count", "record", "hidden_before", "forward_from", "kept_count", "tome_rounds"]
+
 FUSED_POSITION = -1                             # provenance of evit_fuse's extra token
+PADDING_POSITION = -2                           # LastForward.positions: no token here (per-clip methods pad)
 
 
 def kept_count(n: int, keep_rate: float) -> int:
@@ -55,6 +57,40 @@ def tome_rounds(n: int, remove: int) -> list[tuple[int, int]]:
         rounds.append((n_src, n_dst))
         n, remove = n - r, remove - r
     return rounds
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The public view of a patched model: its settings and what its last forward did.
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """How a model is patched: ``apply_pruning``'s arguments, checked."""
+    method: str
+    keep_rate: float
+    drop_loc: tuple
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LastForward:
+    """What the last forward of a patched model did.
+
+    ``tokens``: (clips, depth, 3) long tensor: tokens entering attention, tokens entering the MLP, and patch tokens
+    removed (merged, for tome) at each block, prefix tokens included in the first two. ``positions``: (clips, k)
+    original patch index of every patch token that reached the head (``FUSED_POSITION`` for evit's fused token,
+    ``PADDING_POSITION`` where a per-clip method kept fewer than ``k``), on the model's device. ``n_empty``: clips
+    left with no patch token (``intensity_range``); their prediction comes from the prefix tokens. ``calls``:
+    forwards since the model was patched (or since ``set_call_count``), this one included.
+    """
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    n_empty: int
+    calls: int
+
+    def kept(self, clip: int) -> torch.Tensor:
+        """Original patch indices of the tokens clip ``clip`` kept to the end (padding left out)."""
+        row = self.positions[clip]
+        return row[row != PADDING_POSITION]
 
 
 @dataclass
@@ -80,31 +116,38 @@ class PruneRecord:
         return torch.cat(self.token_rows) if self.token_rows else torch.empty(0, 0, 3, dtype=torch.long)
 
 
-class PruneState:
-    """Settings plus the per-forward bookkeeping shared by the patched model and its blocks."""
+# ---------------------------------------------------------------------------------------------------------------
+# The state shared by a patched model and its blocks.
 
-    def __init__(self, model, method, keep_rate, drop_loc, options):
+class PruneState:
+    """Settings, the bookkeeping of the forward in flight, and the summary of the last finished one."""
+
+    def __init__(self, model, settings: PruneSettings):
         self.family = model.family
         self.prefix = model.num_prefix_tokens
-        self.depth = len(model.blocks)
-        self.method, self.drop_loc, self.options = method, tuple(drop_loc), options
-        self.keep_rate = keep_rate
+        self.settings = settings
         self.record: PruneRecord | None = None
         self.calls = 0   # forward count, so seeded random choices differ between batches yet repeat across runs
+        self.last: LastForward | None = None
 
-    # -- per forward ------------------------------------------------------------------------------------------
+    # Settings, read by the blocks on every forward.
+    method = property(lambda self: self.settings.method)
+    keep_rate = property(lambda self: self.settings.keep_rate)
+    drop_loc = property(lambda self: self.settings.drop_loc)
+    options = property(lambda self: self.settings.options)
+
     def begin(self, model, x):
-        pixels = patch_pixels(model, x) if self.method in ("mean", "std", "intensity_range") else None
-        b = x.shape[0]
-        n = model.patch_embed.num_patches
+        """Reset the per-forward bookkeeping; ``x`` is the image the patch embedding sees."""
+        b, n = x.shape[0], model.patch_embed.num_patches
         self.positions = torch.arange(n, device=x.device).expand(b, n)
         self.stat = None
-        if pixels is not None:
+        if self.method in PATCH_STAT:
+            pixels = patch_pixels(model, x)
             self.stat = pixels.std(dim=-1) if self.method == "std" else pixels.mean(dim=-1)
         self.sizes = torch.ones(b, n, device=x.device) if self.method == "tome" else None
         self.fused = 0   # 1 once evit_fuse has made its extra token (it sits right after the prefix tokens)
         self.valid = None  # per-clip methods in a batch: (B, n) which patch tokens are real, not padding
-        self.counts = []
+        self.counts = []   # per block: a (attn, mlp, removed) tuple for the whole batch, or a (B, 3) tensor
 
     def special(self) -> int:
         return self.prefix + self.fused
@@ -114,59 +157,10 @@ class PruneState:
         n = n_tokens - self.special()
         return self.method in PER_CLIP or kept_count(n, self.keep_rate) < n
 
-    # -- the drop ---------------------------------------------------------------------------------------------
-    def select(self, block: int, x: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
-        """Drop patch tokens of ``x`` (B, N, D) after block ``block``'s attention. ``scores``: (B, N - prefix)."""
+    def keep(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Special tokens plus patch tokens ``idx`` (B, k) of ``x``, in one indexed copy; provenance follows."""
         s = self.special()
-        n = x.shape[1] - s
-        if self.method == "tome":
-            return self._tome(x, n - kept_count(n, self.keep_rate))
-        patch_scores = scores[:, self.fused:] if scores is not None else None
-        if self.method in PER_CLIP:
-            return self._select_per_clip(x, patch_scores)
-        k = kept_count(n, self.keep_rate)
-        if k == n:
-            return x
-        if self.method == "random":   # drawn only when asked for: a seeded generator per call is not free
-            rank = self._random(x.shape[0], n, block, x.device)
-        else:
-            rank = {"topk": patch_scores, "evit_fuse": patch_scores, "mean": self.stat, "std": self.stat}[self.method]
-        idx = rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
-        if self.method == "evit_fuse" and idx.shape[1] < n:
-            fused = self._fuse(x, scores, idx)
-            out = torch.cat([x[:, :self.prefix], fused, _gather(x, idx + s)], dim=1)
-            self.fused = 1
-        else:  # special tokens and kept tokens in one indexed copy
-            out = _gather(x, torch.cat([torch.arange(s, device=x.device).expand(x.shape[0], s), idx + s], dim=1))
-        self.positions = torch.gather(self.positions, 1, idx)
-        if self.stat is not None:
-            self.stat = torch.gather(self.stat, 1, idx)
-        return out
-
-    def _select_per_clip(self, x, patch_scores):
-        """intensity_range / adaptive: every clip keeps its own number of tokens. A batch stays one tensor: each clip
-        keeps its tokens in patch order, padded to the batch's largest count, and ``valid`` marks the real ones;
-        later blocks mask the padding out of attention, scoring and pooling, so each clip's output is the one it gets
-        alone (tested), and token counts (hence MACs) are per clip, as a variable-length runtime would execute."""
-        s = self.special()
-        b, n = x.shape[0], x.shape[1] - s
-        valid = self.valid if self.valid is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
-        if self.method == "intensity_range":
-            keep = self._in_range(self.stat) & valid
-        else:
-            cap = torch.ceil(self.keep_rate * valid.sum(1) - 1e-9).clamp_min(1).long()
-            k = torch.minimum(self._adaptive_count(patch_scores.masked_fill(~valid, 0.0)), cap)
-            rank = patch_scores.masked_fill(~valid, -math.inf).argsort(dim=1, descending=True, stable=True)
-            keep = torch.zeros_like(valid).scatter_(1, rank, torch.arange(n, device=x.device).expand(b, n) < k[:, None])
-        if self.valid is None and bool(keep.all()):
-            return x
-        count = keep.sum(1)
-        # Kept tokens first, in patch order (a stable sort of the "dropped" flag), then as much padding as needed.
-        idx = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(count.max())]
-        self.valid = torch.arange(idx.shape[1], device=x.device)[None] < count[:, None]
-        if bool(self.valid.all()):
-            self.valid = None
-        out = _gather(x, torch.cat([torch.arange(s, device=x.device).expand(b, s), idx + s], dim=1))
+        out = _gather(x, torch.cat([torch.arange(s, device=x.device).expand(x.shape[0], s), idx + s], dim=1))
         self.positions = torch.gather(self.positions, 1, idx)
         if self.stat is not None:
             self.stat = torch.gather(self.stat, 1, idx)
@@ -183,69 +177,144 @@ class PruneState:
         prefix = torch.ones(x.shape[0], self.special(), dtype=torch.bool, device=x.device)
         return torch.cat([prefix, self.valid], dim=1)[:, None, None]
 
-    def _in_range(self, stat: torch.Tensor) -> torch.Tensor:
-        o = self.options
-        ranges = o.get("keep_ranges") or [(o.get("lo", -math.inf), o.get("hi", math.inf))]
-        keep = torch.zeros_like(stat, dtype=torch.bool)
-        for lo, hi in ranges:
-            keep |= (stat >= lo) & (stat < hi)
-        return keep
+    def log_tokens(self, n_in, n_attn: int, n_out: int, n_removed: int, b: int, device):
+        """One block's (attn, mlp, removed) counts; per clip when the batch is padded (``n_in`` a tensor)."""
+        now = self.token_counts()
+        if n_in is None and now is None:
+            self.counts.append((n_attn, n_out, n_removed))
+            return
+        n_in = torch.full((b,), n_attn, device=device) if n_in is None else n_in
+        now = torch.full((b,), n_out, device=device) if now is None else now
+        self.counts.append(torch.stack([n_in, now, n_in - now], 1))
 
-    def _adaptive_count(self, scores: torch.Tensor) -> torch.Tensor:
-        """(B,) fewest tokens per clip whose share of the clip's attention mass reaches ``mass``."""
-        ranked = scores.sort(dim=1, descending=True).values
-        share = ranked.cumsum(1) / ranked.sum(1, keepdim=True).clamp_min(1e-12)
-        return (share < self.options.get("mass", 0.9)).sum(1) + 1
+    def token_table(self, b: int) -> torch.Tensor:
+        """The counts of this forward as one (B, depth, 3) long tensor on the CPU."""
+        if all(isinstance(c, tuple) for c in self.counts):
+            return torch.tensor(self.counts, dtype=torch.long).expand(b, -1, -1).clone()
+        return torch.stack([c.cpu() if torch.is_tensor(c) else torch.tensor(c).expand(b, 3)
+                            for c in self.counts], 1).long()
 
-    def _random(self, b, n, block, device):
-        # One independent stream per (seed, block, forward call); a plain sum of the three could collide.
-        key = np.random.SeedSequence([int(self.options.get("seed", 0)), block, self.calls]).generate_state(1)[0]
-        g = torch.Generator().manual_seed(int(key))
-        return torch.rand(b, n, generator=g).to(device)
 
-    def _fuse(self, x, scores, idx):
-        """EViT: one token = attention-weighted mean of the pruned tokens (and of the previous fused token)."""
-        s = self.special()
-        n = x.shape[1] - s
-        keep = torch.zeros(x.shape[0], n, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
-        pruned = torch.argsort(keep.to(torch.int8), dim=1, stable=True)[:, : n - idx.shape[1]]
-        members = _gather(x[:, s:], pruned)
-        weights = torch.gather(scores[:, self.fused:], 1, pruned)
-        if self.fused:  # the old fused token joins with its own score
-            members = torch.cat([x[:, self.prefix:s], members], dim=1)
-            weights = torch.cat([scores[:, :1], weights], dim=1)
-        weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
-        return weights.unsqueeze(1) @ members   # (B, 1, D)
+# ---------------------------------------------------------------------------------------------------------------
+# The drop: which patch tokens survive a block. Each function reads and updates a PruneState.
 
-    def _tome(self, x, remove):
-        """Token merging by bipartite soft matching on the patch tokens, size-weighted averages."""
-        s = self.special()
-        head, t = x[:, :s], x[:, s:]
-        for _ in tome_rounds(t.shape[1], remove):
-            r = min(remove, (t.shape[1] + 1) // 2)
-            metric = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            sim = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)          # (B, n_src, n_dst)
-            best, dst = sim.max(dim=-1)
-            order = best.argsort(dim=-1, descending=True)
-            merged, stay = order[:, :r], order[:, r:]
-            src_x, dst_x = t[:, ::2], t[:, 1::2]
-            src_sz, dst_sz = self.sizes[:, ::2], self.sizes[:, 1::2]
-            src_pos, dst_pos = self.positions[:, ::2], self.positions[:, 1::2]
-            m_dst = torch.gather(dst, 1, merged)
-            m_sz = torch.gather(src_sz, 1, merged)
-            # Size-weighted sums: each destination collects the merged sources, then divides by its new size.
-            new_x = (dst_x * dst_sz[..., None]).scatter_add(
-                1, m_dst[..., None].expand(-1, -1, t.shape[2]), _gather(src_x, merged) * m_sz[..., None])
-            new_sz = dst_sz.scatter_add(1, m_dst, m_sz)
-            new_x = new_x / new_sz[..., None]
-            t = torch.cat([_gather(src_x, stay), new_x], dim=1)
-            sizes = torch.cat([torch.gather(src_sz, 1, stay), new_sz], dim=1)
-            pos = torch.cat([torch.gather(src_pos, 1, stay), dst_pos], dim=1)
-            # Back to original patch order, so the next round's alternation pairs neighbours again.
-            order = pos.argsort(dim=1)
-            t, self.sizes, self.positions = _gather(t, order), torch.gather(sizes, 1, order), torch.gather(pos, 1, order)
-            remove -= r
-        return torch.cat([head, t], dim=1)
+def select(st: PruneState, block: int, x: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
+    """Drop patch tokens of ``x`` (B, N, D) after block ``block``'s attention. ``scores``: (B, N - prefix)."""
+    s = st.special()
+    n = x.shape[1] - s
+    if st.method == "tome":
+        return _tome(st, x, n - kept_count(n, st.keep_rate))
+    patch_scores = scores[:, st.fused:] if scores is not None else None
+    if st.method in PER_CLIP:
+        return _select_per_clip(st, x, patch_scores)
+    k = kept_count(n, st.keep_rate)
+    if k == n:
+        return x
+    if st.method == "random":   # drawn only when asked for: a seeded generator per call is not free
+        rank = _random(st, x.shape[0], n, block, x.device)
+    else:
+        rank = {"topk": patch_scores, "evit_fuse": patch_scores, "mean": st.stat, "std": st.stat}[st.method]
+    idx = rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+    if st.method == "evit_fuse" and idx.shape[1] < n:
+        fused = _fuse(st, x, scores, idx)
+        out = torch.cat([x[:, :st.prefix], fused, _gather(x, idx + s)], dim=1)
+        st.fused = 1
+        st.positions = torch.gather(st.positions, 1, idx)
+        return out
+    return st.keep(x, idx)
+
+
+def _select_per_clip(st: PruneState, x, patch_scores):
+    """intensity_range / adaptive: every clip keeps its own number of tokens. A batch stays one tensor: each clip
+    keeps its tokens in patch order, padded to the batch's largest count, and ``valid`` marks the real ones;
+    later blocks mask the padding out of attention, scoring and pooling, so each clip's output is the one it gets
+    alone (tested), and token counts (hence MACs) are per clip, as a variable-length runtime would execute."""
+    b, n = x.shape[0], x.shape[1] - st.special()
+    valid = st.valid if st.valid is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
+    if st.method == "intensity_range":
+        keep = _in_range(st.stat, st.options) & valid
+    else:
+        cap = torch.ceil(st.keep_rate * valid.sum(1) - 1e-9).clamp_min(1).long()
+        k = torch.minimum(_adaptive_count(patch_scores.masked_fill(~valid, 0.0), st.options.get("mass", 0.9)), cap)
+        rank = patch_scores.masked_fill(~valid, -math.inf).argsort(dim=1, descending=True, stable=True)
+        keep = torch.zeros_like(valid).scatter_(1, rank, torch.arange(n, device=x.device).expand(b, n) < k[:, None])
+    if st.valid is None and bool(keep.all()):
+        return x
+    count = keep.sum(1)
+    # Kept tokens first, in patch order (a stable sort of the "dropped" flag), then as much padding as needed.
+    idx = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, : int(count.max())]
+    st.valid = torch.arange(idx.shape[1], device=x.device)[None] < count[:, None]
+    if bool(st.valid.all()):
+        st.valid = None
+    return st.keep(x, idx)
+
+
+def _in_range(stat: torch.Tensor, options: dict) -> torch.Tensor:
+    ranges = options.get("keep_ranges") or [(options.get("lo", -math.inf), options.get("hi", math.inf))]
+    keep = torch.zeros_like(stat, dtype=torch.bool)
+    for lo, hi in ranges:
+        keep |= (stat >= lo) & (stat < hi)
+    return keep
+
+
+def _adaptive_count(scores: torch.Tensor, mass: float) -> torch.Tensor:
+    """(B,) fewest tokens per clip whose share of the clip's attention mass reaches ``mass``."""
+    ranked = scores.sort(dim=1, descending=True).values
+    share = ranked.cumsum(1) / ranked.sum(1, keepdim=True).clamp_min(1e-12)
+    return (share < mass).sum(1) + 1
+
+
+def _random(st: PruneState, b, n, block, device):
+    # One independent stream per (seed, block, forward call); a plain sum of the three could collide.
+    key = np.random.SeedSequence([int(st.options.get("seed", 0)), block, st.calls]).generate_state(1)[0]
+    g = torch.Generator().manual_seed(int(key))
+    return torch.rand(b, n, generator=g).to(device)
+
+
+def _fuse(st: PruneState, x, scores, idx):
+    """EViT: one token = attention-weighted mean of the pruned tokens (and of the previous fused token)."""
+    s = st.special()
+    n = x.shape[1] - s
+    keep = torch.zeros(x.shape[0], n, dtype=torch.bool, device=x.device).scatter_(1, idx, True)
+    pruned = torch.argsort(keep.to(torch.int8), dim=1, stable=True)[:, : n - idx.shape[1]]
+    members = _gather(x[:, s:], pruned)
+    weights = torch.gather(scores[:, st.fused:], 1, pruned)
+    if st.fused:  # the old fused token joins with its own score
+        members = torch.cat([x[:, st.prefix:s], members], dim=1)
+        weights = torch.cat([scores[:, :1], weights], dim=1)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return weights.unsqueeze(1) @ members   # (B, 1, D)
+
+
+def _tome(st: PruneState, x, remove):
+    """Token merging by bipartite soft matching on the patch tokens, size-weighted averages."""
+    s = st.special()
+    head, t = x[:, :s], x[:, s:]
+    for _ in tome_rounds(t.shape[1], remove):
+        r = min(remove, (t.shape[1] + 1) // 2)
+        metric = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        sim = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)          # (B, n_src, n_dst)
+        best, dst = sim.max(dim=-1)
+        order = best.argsort(dim=-1, descending=True)
+        merged, stay = order[:, :r], order[:, r:]
+        src_x, dst_x = t[:, ::2], t[:, 1::2]
+        src_sz, dst_sz = st.sizes[:, ::2], st.sizes[:, 1::2]
+        src_pos, dst_pos = st.positions[:, ::2], st.positions[:, 1::2]
+        m_dst = torch.gather(dst, 1, merged)
+        m_sz = torch.gather(src_sz, 1, merged)
+        # Size-weighted sums: each destination collects the merged sources, then divides by its new size.
+        new_x = (dst_x * dst_sz[..., None]).scatter_add(
+            1, m_dst[..., None].expand(-1, -1, t.shape[2]), _gather(src_x, merged) * m_sz[..., None])
+        new_sz = dst_sz.scatter_add(1, m_dst, m_sz)
+        new_x = new_x / new_sz[..., None]
+        t = torch.cat([_gather(src_x, stay), new_x], dim=1)
+        sizes = torch.cat([torch.gather(src_sz, 1, stay), new_sz], dim=1)
+        pos = torch.cat([torch.gather(src_pos, 1, stay), dst_pos], dim=1)
+        # Back to original patch order, so the next round's alternation pairs neighbours again.
+        order = pos.argsort(dim=1)
+        t, st.sizes, st.positions = _gather(t, order), torch.gather(sizes, 1, order), torch.gather(pos, 1, order)
+        remove -= r
+    return torch.cat([head, t], dim=1)
 
 
 def _gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -336,7 +405,7 @@ class _PrunedBlock:
             attn_mask = padding
         n_in = st.token_counts()
         if not drops and st.record is None:
-            st.counts.append((x.shape[1], x.shape[1], 0) if n_in is None else torch.stack([n_in, n_in, 0 * n_in], 1))
+            st.log_tokens(n_in, x.shape[1], x.shape[1], 0, x.shape[0], x.device)
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         scores = None
         if st.record is not None or (drops and st.method in SCORED):
@@ -351,16 +420,10 @@ class _PrunedBlock:
             st.record._add(st.record.positions, i, _with_fused(st))
         n_attn, n_patch = x.shape[1], x.shape[1] - st.special()
         if drops:
-            x = st.select(i, x, scores)
+            x = select(st, i, x, scores)
             if st.record is not None:
                 st.record._add(st.record.kept, i, _with_fused(st))
-        n_out = st.token_counts()
-        if n_in is None and n_out is None:
-            st.counts.append((n_attn, x.shape[1], n_patch - (x.shape[1] - st.special())))
-        else:
-            n_in = torch.full((x.shape[0],), n_attn, device=x.device) if n_in is None else n_in
-            n_out = torch.full((x.shape[0],), x.shape[1], device=x.device) if n_out is None else n_out
-            st.counts.append(torch.stack([n_in, n_out, n_in - n_out], 1))
+        st.log_tokens(n_in, n_attn, x.shape[1], n_patch - (x.shape[1] - st.special()), x.shape[0], x.device)
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
@@ -371,38 +434,45 @@ def _with_fused(st: PruneState) -> torch.Tensor:
     return torch.cat([fused, st.positions], dim=1)
 
 
+def _pad_positions(rows: list) -> torch.Tensor:
+    """(1, k_i) position rows of clips run one by one -> one (clips, max k_i) tensor padded with PADDING_POSITION."""
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([F.pad(r, (0, width - r.shape[1]), value=PADDING_POSITION) for r in rows])
+
+
 class _PrunedModel:
     def forward(self, x, **kwargs):
         st: PruneState = self._tprune
         if st.method in PER_CLIP and x.shape[0] > 1 and st.record is not None:
             # Records hold each clip's own tokens, so a recorded per-clip method runs clip by clip.
-            outs, tokens, empty = [], [], 0
+            outs, lasts = [], []
             for i in range(x.shape[0]):
                 outs.append(self.forward(x[i:i + 1], **kwargs))
-                tokens.append(self.tprune_last["tokens"])
-                empty += self.tprune_last["n_empty"]
-            self.tprune_last = {"tokens": torch.cat(tokens), "n_empty": empty}
+                lasts.append(st.last)
+            st.last = LastForward(tokens=torch.cat([f.tokens for f in lasts]),
+                                  positions=_pad_positions([f.positions for f in lasts]),
+                                  n_empty=sum(f.n_empty for f in lasts), calls=st.calls)
             return torch.cat(outs)
         out = super().forward(x, **kwargs)
         self._tprune_finish(x.shape[0])
         return out
 
     def _tprune_finish(self, b: int):
-        """After a forward: token counts per clip and block, clips left without patch tokens."""
+        """After a forward: token counts per clip and block, surviving positions, clips left without patch tokens."""
         st: PruneState = self._tprune
-        if all(isinstance(c, tuple) for c in st.counts):
-            tokens = torch.tensor(st.counts, dtype=torch.long).expand(b, -1, -1).clone()
-        else:
-            tokens = torch.stack([c.cpu() if torch.is_tensor(c) else torch.tensor(c).expand(b, 3)
-                                  for c in st.counts], 1).long()
+        tokens = st.token_table(b)
+        positions = _with_fused(st)
+        if st.valid is not None:
+            valid = torch.cat([torch.ones_like(positions[:, :st.fused], dtype=torch.bool), st.valid], dim=1)
+            positions = positions.masked_fill(~valid, PADDING_POSITION)
         if st.positions.shape[1] == 0:
             n_empty = int(b)
         else:
             n_empty = 0 if st.valid is None else int((st.valid.sum(1) == 0).sum())
-        self.tprune_last = {"tokens": tokens, "n_empty": n_empty}
+        st.calls += 1
+        st.last = LastForward(tokens=tokens, positions=positions, n_empty=n_empty, calls=st.calls)
         if st.record is not None:
             st.record.token_rows.append(tokens)
-        st.calls += 1
         st.valid = None
 
     def pool(self, x, pool_type=None):
@@ -431,29 +501,13 @@ def _reclass(obj, mixin):
     obj.__class__ = _CLASSES[key]
 
 
-def _check(model, method, keep_rate, drop_loc, options):
-    if method not in METHODS:
-        raise ConfigError(f"method: expected one of {METHODS}, got {method!r}")
-    if not 0.0 < float(keep_rate) <= 1.0:
-        raise ConfigError(f"keep_rate: expected a number in (0, 1], got {keep_rate!r}")
-    depth = len(model.blocks)
-    if not drop_loc or any(not 0 <= int(b) < depth for b in drop_loc) or len(set(drop_loc)) != len(drop_loc):
-        raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {tuple(drop_loc)}")
-    unknown = set(options) - OPTIONS.get(method, set())
-    if unknown:
-        raise ConfigError(f"{method}: unknown option(s) {sorted(unknown)}; "
-                          f"expected {sorted(OPTIONS.get(method, set())) or 'none'}")
-    if method == "adaptive" and not 0.0 < float(options.get("mass", 0.9)) <= 1.0:
-        raise ConfigError(f"adaptive: mass must be in (0, 1], got {options['mass']!r}")
-
-
 def apply_pruning(model, method: str = "topk", keep_rate: float = 0.5, drop_loc=(3, 6, 9), **options):
     """Patch ``model`` (an ``AudioViT``) in place to prune tokens; returns the model. Re-applying replaces."""
     drop_loc = tuple(sorted(int(b) for b in drop_loc))
-    _check(model, method, keep_rate, drop_loc, options)
-    if hasattr(model, "_tprune"):
+    check_pruning(method, keep_rate, drop_loc, len(model.blocks), options)
+    if is_pruned(model):
         remove_pruning(model)
-    state = PruneState(model, method, float(keep_rate), drop_loc, options)
+    state = PruneState(model, PruneSettings(method, float(keep_rate), drop_loc, dict(options)))
     model._tprune = state
     _reclass(model, _PrunedModel)
     for i, blk in enumerate(model.blocks):
@@ -465,30 +519,65 @@ def apply_pruning(model, method: str = "topk", keep_rate: float = 0.5, drop_loc=
 
 def remove_pruning(model):
     """Undo ``apply_pruning``: original classes back, bookkeeping gone."""
-    if not hasattr(model, "_tprune"):
+    if not is_pruned(model):
         return model
     for obj in [model, *model.blocks, *(blk.attn for blk in model.blocks)]:
         if hasattr(obj, "_tprune_base"):
             obj.__class__ = obj._tprune_base
             del obj._tprune_base
-        for name in ("_tprune", "_tprune_index", "tprune_last"):
+        for name in ("_tprune", "_tprune_index"):
             obj.__dict__.pop(name, None)
     return model
 
 
+def is_pruned(model) -> bool:
+    """True while ``apply_pruning`` is in effect on ``model``."""
+    return isinstance(getattr(model, "_tprune", None), PruneState)
+
+
+def _state(model, caller: str) -> PruneState:
+    if not is_pruned(model):
+        raise ConfigError(f"{caller}: the model is not patched; call apply_pruning first")
+    return model._tprune
+
+
+def settings(model) -> PruneSettings | None:
+    """The pruning ``model`` is patched with, or None for an unpatched model."""
+    return model._tprune.settings if is_pruned(model) else None
+
+
+def last_forward(model) -> LastForward:
+    """What the last forward of a patched model did (token counts per block, surviving positions, empty clips)."""
+    last = _state(model, "last_forward").last
+    if last is None:
+        raise ConfigError("last_forward: the patched model has not run a forward yet")
+    return last
+
+
+def call_count(model) -> int:
+    """Forwards a patched model has run; random pruning seeds each forward's draw with it."""
+    return _state(model, "call_count").calls
+
+
+def set_call_count(model, calls: int) -> None:
+    """Set the forward counter (a resumed training run continues the random draws where it stopped)."""
+    if not isinstance(calls, int) or calls < 0:
+        raise ConfigError(f"set_call_count: calls must be an int >= 0, got {calls!r}")
+    _state(model, "set_call_count").calls = calls
+
+
 def set_keep_rate(model, keep_rate: float):
     """Change the keep rate of a patched model (pruning-aware fine-tuning steps it every iteration)."""
-    if not hasattr(model, "_tprune"):
-        raise ConfigError("set_keep_rate: the model is not patched; call apply_pruning first")
-    _check(model, model._tprune.method, keep_rate, model._tprune.drop_loc, model._tprune.options)
-    model._tprune.keep_rate = float(keep_rate)
+    st = _state(model, "set_keep_rate")
+    check_pruning(st.method, keep_rate, st.drop_loc, len(model.blocks), st.options)
+    st.settings = replace(st.settings, keep_rate=float(keep_rate))
 
 
 @contextmanager
 def record(model):
     """Record scores, provenance and token counts of every forward inside the block (patches with keep rate 1.0
     and ``topk`` if the model is not patched yet, and unpatches afterwards)."""
-    patched_here = not hasattr(model, "_tprune")
+    patched_here = not is_pruned(model)
     if patched_here:
         apply_pruning(model, "topk", 1.0)
     rec = PruneRecord()
@@ -515,8 +604,8 @@ def hidden_before(model, x: torch.Tensor, start: int) -> torch.Tensor:
 
 def forward_from(model, x: torch.Tensor, hidden: torch.Tensor, start: int) -> torch.Tensor:
     """Logits of a patched model whose blocks 0..start-1 were already run (``hidden_before``): the same numbers and
-    the same ``tprune_last`` as ``model(x)``, without recomputing the prefix. No drop may happen before ``start``."""
-    st: PruneState = model._tprune
+    the same ``last_forward`` as ``model(x)``, without recomputing the prefix. No drop may happen before ``start``."""
+    st = _state(model, "forward_from")
     if st.record is not None or min(st.drop_loc) < start:
         raise ConfigError(f"forward_from: start {start} is past the first drop location {min(st.drop_loc)}, "
                           f"or the model is recording")

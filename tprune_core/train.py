@@ -425,11 +425,6 @@ def load_checkpoint(path, device="cpu"):
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
-def _prune_state(model):
-    st = getattr(model, "_tprune", None)
-    return None if st is None else (st.method, st.keep_rate, st.drop_loc, dict(st.options))
-
-
 @torch.no_grad()
 def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), batch_size=128, options=None,
              split=None, precision="fp32", progress=False, shared=None) -> dict:
@@ -441,18 +436,18 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     blocks before the first drop location are then computed once per batch and reused (same numbers).
     """
     from .macs import model_macs
-    from .pruning import apply_pruning, forward_from, hidden_before, remove_pruning
+    from .pruning import apply_pruning, forward_from, hidden_before, last_forward, remove_pruning, settings
     x_all, y_all = features.x, torch.as_tensor(features.y)
     if x_all.dim() != 3 or x_all.shape[2] != model.mel:
         raise ConfigError(f"evaluate: features must be (N, frames, {model.mel}), got {tuple(x_all.shape)}")
     if len(x_all) == 0:
         raise ConfigError("evaluate: the feature set is empty")
     device = next(model.parameters()).device
-    before = _prune_state(model)
+    before = settings(model)
     options = dict(options or {})
     if method is not None:
         apply_pruning(model, method, keep_rate, drop_loc, **options)
-    state = _prune_state(model)
+    state = settings(model)
     was_training = model.training
     model.eval()
     correct, macs, tokens, empty = 0, [], [], 0
@@ -460,7 +455,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
         bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
                    disable=not progress, file=sys.stderr)
         # blocks before the first drop are unpruned: with ``shared`` they run once per batch for all settings
-        start = min(state[2]) if (shared is not None and method is not None) else 0
+        start = min(state.drop_loc) if (shared is not None and method is not None) else 0
         for i in bar:
             x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
             with autocast(device, precision):
@@ -472,23 +467,24 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
                 else:
                     logits = model(x)
             correct += (logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum().item()
-            t = model.tprune_last["tokens"] if state is not None else None
+            last = last_forward(model) if state is not None else None
+            t = last.tokens if last is not None else None
             m = model_macs(model, t)
             macs.append(m.expand(len(x)) if m.numel() == 1 else m)
             if t is not None:
                 tokens.append(t[..., 0].float())
-                empty += model.tprune_last.get("n_empty", 0)  # intensity_range clips left with no patch token
+                empty += last.n_empty  # intensity_range clips left with no patch token
     finally:
         if method is not None:
             remove_pruning(model)
             if before is not None:
-                apply_pruning(model, before[0], before[1], before[2], **before[3])
+                apply_pruning(model, before.method, before.keep_rate, before.drop_loc, **before.options)
         model.train(was_training)
     n = len(x_all)
     out = {"accuracy": correct / n, "n_clips": n, "n_correct": correct,
            "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,
-           "method": state[0] if state else None, "keep_rate": state[1] if state else 1.0,
-           "drop_loc": list(state[2]) if state else list(drop_loc),
+           "method": state.method if state else None, "keep_rate": state.keep_rate if state else 1.0,
+           "drop_loc": list(state.drop_loc) if state else list(drop_loc),
            "split": split if split is not None else getattr(features, "split", None) or None,
            "n_empty": empty}
     if tokens:
@@ -524,7 +520,7 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
 
     Never sees the test split (it is not an argument). Returns the summary also written to ``train.json``.
     """
-    from .pruning import apply_pruning, set_keep_rate
+    from .pruning import apply_pruning, call_count, set_call_count, set_keep_rate
     run_dir = Path(run_dir)
     _check_sets(cfg, train_set, val_set)
     device = resolve_device(cfg.device)
@@ -552,7 +548,7 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
             step, history, best, elapsed = st["step"], st["history"], st["best"], st["elapsed"]
             partial = st.get("epoch_stats", (0.0, 0.0, 0.0))
             if cfg.prune_method:
-                model._tprune.calls = st.get("prune_calls", 0)
+                set_call_count(model, st.get("prune_calls", 0))
             print(f"[{tag}] resuming {run_dir.name} at step {step}/{total} (epoch {step // steps_per_epoch + 1})",
                   file=sys.stderr)
         else:
@@ -566,7 +562,7 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
                          "rng": rng_state(device), "step": step, "history": history, "best": best,
                          "elapsed": elapsed + time.perf_counter() - t_session,
                          "epoch_stats": (loss_sum, correct, seen),
-                         "prune_calls": model._tprune.calls if cfg.prune_method else 0}, state_path)
+                         "prune_calls": call_count(model) if cfg.prune_method else 0}, state_path)
 
         t_session, steps_session = time.perf_counter(), 0
         model.train()

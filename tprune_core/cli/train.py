@@ -145,8 +145,8 @@ def cmd_eval(args):
     if method is None:
         apply_run_pruning(model, meta)     # as fine-tuned (nothing for unpruned runs)
         if args.keep_rate is not None:
-            from ..pruning import apply_pruning, set_keep_rate
-            if hasattr(model, "_tprune"):
+            from ..pruning import apply_pruning, is_pruned, set_keep_rate
+            if is_pruned(model):
                 set_keep_rate(model, args.keep_rate)
             else:
                 apply_pruning(model, "topk", args.keep_rate, args.drop_loc)

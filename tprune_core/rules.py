@@ -1,0 +1,126 @@
+"""Every rule and every list of allowed values, in one torch-free module.
+
+The model factory, the MAC counter, pruning, the benchmark, the training configs and the command line all read
+these names, so a new method or model size is added here once. Importing this module must never import torch:
+``tprune --help`` builds its ``choices=`` from it.
+
+Each ``check_*`` raises ``ConfigError`` with a message that names the parameter and says what was expected.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Integral
+
+from .errors import ConfigError
+
+PATCH = 16                                  # patch side in mel bins and in 10 ms frames
+MEL_BINS = 128
+FAMILIES = ("ast", "audiomae")              # AST: CLS + distillation token; AudioMAE: mean-pooled patch tokens
+SIZES = {  # name: (embed_dim, depth, num_heads)
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "base": (768, 12, 12),
+}
+DEFAULT_DROP_LOC = (3, 6, 9)
+
+METHODS = ("topk", "random", "mean", "std", "evit_fuse", "tome", "intensity_range", "adaptive")
+SCORED = frozenset({"topk", "evit_fuse", "adaptive"})      # rank by attention
+PER_CLIP = frozenset({"intensity_range", "adaptive"})      # keep counts differ between clips
+FIXED_BUDGET = tuple(m for m in METHODS if m not in PER_CLIP)  # same token count for every clip
+PATCH_STAT = frozenset({"mean", "std", "intensity_range"})  # rank by a statistic of the patch's pixels
+OPTIONS = {"random": {"seed"}, "intensity_range": {"keep_ranges", "lo", "hi"}, "adaptive": {"mass"}}
+
+PRECISIONS = ("auto", "fp32", "bf16")       # training / evaluation: auto = bf16 autocast on CUDA, fp32 on CPU
+BENCH_DTYPES = ("fp32", "bf16", "fp16")     # autocast dtypes the benchmark times
+LINEARS = ("auto", "onednn", "default")     # linear-layer backends of the benchmark
+BENCH_DEVICES = ("cpu", "cuda")
+SPLITS = ("train", "val", "test")
+ZOO_PROFILES = ("full", "long", "smoke")
+BOOK_PROFILES = ("full", "smoke")
+
+
+def _expected_one_of(name: str, allowed, value):
+    if value not in allowed:
+        raise ConfigError(f"{name}: expected one of {tuple(allowed)}, got {value!r}")
+
+
+def check_family(family) -> None:
+    _expected_one_of("family", FAMILIES, family)
+
+
+def check_size(size) -> None:
+    _expected_one_of("size", SIZES, size)
+
+
+def depth_of(size: str) -> int:
+    check_size(size)
+    return SIZES[size][1]
+
+
+def is_patch_multiple(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0 and value % PATCH == 0
+
+
+def check_patch_multiple(name: str, value) -> None:
+    """``frames`` and ``mel`` must tile into whole 16x16 patches."""
+    if not is_patch_multiple(value):
+        raise ConfigError(f"{name}: expected a positive multiple of {PATCH}, got {value!r}")
+
+
+def check_method(method) -> None:
+    _expected_one_of("method", METHODS, method)
+
+
+def is_keep_rate(value) -> bool:
+    try:
+        return 0.0 < float(value) <= 1.0 and not math.isnan(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def check_keep_rate(keep_rate) -> None:
+    if not is_keep_rate(keep_rate):
+        raise ConfigError(f"keep_rate: expected a number in (0, 1], got {keep_rate!r}")
+
+
+def check_drop_loc(drop_loc, depth: int) -> None:
+    """Distinct block indices of a ``depth``-block model, at least one."""
+    blocks = tuple(drop_loc or ())
+    if (not blocks or any(not isinstance(b, Integral) or not 0 <= int(b) < depth for b in blocks)
+            or len(set(blocks)) != len(blocks)):
+        raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {blocks}")
+
+
+def check_options(method: str, options: dict) -> None:
+    """The keyword options a pruning method takes (``OPTIONS``), and their ranges."""
+    allowed = OPTIONS.get(method, set())
+    unknown = set(options) - allowed
+    if unknown:
+        raise ConfigError(f"{method}: unknown option(s) {sorted(unknown)}; expected {sorted(allowed) or 'none'}")
+    if method == "adaptive" and not 0.0 < float(options.get("mass", 0.9)) <= 1.0:
+        raise ConfigError(f"adaptive: mass must be in (0, 1], got {options['mass']!r}")
+
+
+def check_pruning(method, keep_rate, drop_loc, depth: int, options: dict | None = None) -> None:
+    """Everything ``apply_pruning`` needs of its arguments, for a model of ``depth`` blocks."""
+    check_method(method)
+    check_keep_rate(keep_rate)
+    check_drop_loc(drop_loc, depth)
+    check_options(method, options or {})
+
+
+def check_positive_int(name: str, value) -> None:
+    if not isinstance(value, Integral) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def check_precision(precision) -> None:
+    _expected_one_of("precision", PRECISIONS, precision)
+
+
+def check_device_name(device: str) -> None:
+    """'auto', 'cpu', 'cuda' or 'cuda:N' (whether CUDA exists is checked where torch is imported)."""
+    text = str(device)
+    ok = text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
+    if not ok:
+        raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {text!r}")
