@@ -107,6 +107,59 @@ def test_speechcommands_shared_copy_split_by_speaker(tmp_path):
     assert [c.clip_id for c in other] != [c.clip_id for c in sets["test"]]
 
 
+def make_speech_extra(root, speakers=30, words=("yes", "no", "up", "down", "left", "right", "stop", "go")):
+    """An extra-speakers folder as shared: no on/off, `_unknown_` words in the name, speakers not in the test copy."""
+    folder = root / "speechcommands-extra-v0.01"
+    for w in list(words) + ["_unknown_"]:
+        (folder / w).mkdir(parents=True)
+        for i in range(speakers):
+            name = f"cat_{0xE0 + i:08x}_nohash_0.ogg" if w == "_unknown_" else f"{0xE0 + i:08x}_nohash_0.ogg"
+            write_tone(folder / w / name, subtype="VORBIS")
+    return folder
+
+
+def test_speechcommands_pooled_with_extra_speakers(tmp_path):
+    """Train and validate on the extra folder plus part of the test copy, test on the test copy's other speakers
+    only: speaker-disjoint, every class in test, on/off trained from the test copy alone."""
+    folder = make_speechcommands(tmp_path, official=False, speakers=40)
+    make_speech_extra(tmp_path)
+    sets = {s: load_dataset("speechcommands", folder, s, extra=True) for s in ("train", "val", "test")}
+    assert_disjoint(sets, key=lambda c: c.group)
+    assert not any(c.clip_id.startswith("extra/") for c in sets["test"])          # test copy only
+    assert sum(c.clip_id.startswith("extra/") for c in sets["train"]) > 0.7 * 9 * 30
+    assert {c.label for c in sets["test"]} == set(range(11))
+    on_off = [c for c in sets["train"] if c.label in (6, 7)]
+    assert on_off and not any(c.clip_id.startswith("extra/") for c in on_off)
+    test_copy = len(load_dataset("speechcommands", folder, "all"))
+    assert abs(len(sets["test"]) / test_copy - 0.4) < 0.1
+    assert sets["test"].protocol["split"] == "pooled by speaker"
+    with pytest.raises(ConfigError, match="fractions"):
+        load_dataset("speechcommands", folder, "train", extra=True, fractions=(0.7, 0.15, 0.15))
+
+
+def test_speechcommands_pooled_refuses_a_shared_speaker(tmp_path):
+    folder = make_speechcommands(tmp_path, official=False, speakers=40)
+    extra = make_speech_extra(tmp_path)
+    spoken_in_test = sorted((folder / "yes").iterdir())[0].stem.split("_nohash_")[0]
+    write_tone(extra / "yes" / f"{spoken_in_test}_nohash_1.ogg", subtype="VORBIS")
+    # the speaker may land in one split by chance; over seeds, some split must straddle and be refused
+    errors = 0
+    for seed in range(6):
+        try:
+            [load_dataset("speechcommands", folder, s, extra=True, seed=seed) for s in ("train", "test")]
+        except DatasetError as exc:
+            assert "speaker" in str(exc)
+            errors += 1
+    assert errors
+
+
+def test_speechcommands_extra_missing_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("TPRUNE_DATA", raising=False)
+    folder = make_speechcommands(tmp_path, official=False, speakers=12)
+    with pytest.raises(DatasetError, match="extra"):
+        load_dataset("speechcommands", folder, "train", extra=True)
+
+
 # ------------------------------------------------------------------ layout detection and data roots
 
 def test_unknown_layout_names_the_folder_and_expected_layouts(tmp_path):
@@ -238,6 +291,15 @@ def test_real_urbansound8k(data_root):
         assert 0.1 < len(sets["val"]) / n_train_fold < 0.25
         assert len(set(c.label for c in sets["val"])) == 10
         assert sum(len(s) for s in sets.values()) == 1710
+
+
+@pytest.mark.realdata
+def test_real_speechcommands_pooled_protocol(data_root):
+    """The shared data's speech protocol: >= 1,500 test clips of held-out test-copy speakers, all 11 classes."""
+    sets = {s: load_dataset("speechcommands", data_root, s, extra=True) for s in ("train", "val", "test")}
+    assert_disjoint(sets, key=lambda c: c.group)
+    assert len(sets["test"]) >= 1500 and {c.label for c in sets["test"]} == set(range(11))
+    assert sum(len(s) for s in sets.values()) == 4482 + 6894
 
 
 @pytest.mark.realdata

@@ -12,6 +12,12 @@ The builders assert it. Protocols (defaults in brackets):
 - speechcommands: official v0.02 layout -> the official validation_list.txt / testing_list.txt, train the rest.
   The shared test-set copy -> speakers split `fractions` [(0.7, 0.15, 0.15)] of the clips into train/val/test with
   `seed` [0]. Labels: yes no up down left right on off stop go + `_unknown_` (every other word); 11 classes.
+  `extra=True` (or a path) pools extra training speakers (`speechcommands-extra-v0.01`, beside the test copy or
+  under $TPRUNE_DATA; v0.01 clips of speakers absent from the v0.02 test list): test = the test copy's speakers
+  drawn to hold about `test_fraction` [0.4] of its clips (every class; >= 1,500 clips on the shared copy); train
+  and val = all other clips of both folders, `val_fraction` [0.15] of each class held out by speaker. All three
+  splits are asserted speaker-disjoint across both folders. The extra folder has no on/off clips: those classes
+  are trained from the test copy's training speakers only, so the pooled training set is unbalanced.
   `_background_noise_` (the benchmark's `_silence_` class) is not used.
 - esc50: test = fold `test_fold` [5], val = fold `val_fold` [4], train = the other three folds.
 - synthetic: generated in memory, deterministic per `seed` [0]; `flavour` "speech" (one short event on near-silence,
@@ -44,6 +50,8 @@ FOLDERS = {  # folder names looked for under $TPRUNE_DATA (or a root that holds 
     "speechcommands": ["speechcommands-test-v0.02", "speech_commands_v0.02", "speechcommands", "SpeechCommands"],
     "esc50": ["ESC-50", "esc50", "ESC-50-master"],
 }
+# Extra Speech Commands training speakers (v0.01 clips, no speaker of the v0.02 test list), beside the test copy.
+SPEECH_EXTRA_FOLDERS = ["speechcommands-extra-v0.01"]
 LAYOUTS = {
     "urbansound8k": ["official: audio/fold1..10/*.wav + metadata/UrbanSound8K.csv",
                      "shared copy: audio/fold<k>/*.flac + metadata.csv"],
@@ -345,7 +353,8 @@ def _speaker(stem: str) -> str:
     return head.rsplit("_", 1)[-1]
 
 
-def _speechcommands(folder: Path, layout: str, fractions=None, seed=None):
+def _speech_clips(folder: Path, id_prefix: str = "") -> list:
+    """Clips of a Speech Commands folder of label sub-folders (11 classes: keywords + `_unknown_`)."""
     classes = KEYWORDS + ["_unknown_"]
     clips = []
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
@@ -354,10 +363,61 @@ def _speechcommands(folder: Path, layout: str, fractions=None, seed=None):
         label = classes.index(d.name) if d.name in classes else len(KEYWORDS)
         for f in sorted(d.iterdir()):
             if f.suffix.lower() in AUDIO_EXT:
-                clips.append(Clip(str(f), label, f"{d.name}/{f.stem}", _speaker(f.stem)))
+                clips.append(Clip(str(f), label, f"{id_prefix}{d.name}/{f.stem}", _speaker(f.stem)))
+    return clips
+
+
+def locate_speech_extra(test_copy: Path, extra=True) -> Path:
+    """The extra training folder: ``extra`` itself when it is a path, else a folder named in SPEECH_EXTRA_FOLDERS
+    beside the test copy or under $TPRUNE_DATA."""
+    if not isinstance(extra, bool):
+        candidates = [Path(extra).expanduser()]
+    else:
+        bases = [test_copy.parent] + ([data_root()] if data_root() is not None else [])
+        candidates = [b / name for b in bases for name in SPEECH_EXTRA_FOLDERS]
+    for c in candidates:
+        if c.is_dir() and all((c / k).is_dir() for k in ("yes", "no", "_unknown_")):
+            return c.resolve()
+    raise DatasetError(f"extra={extra!r}: no extra Speech Commands folder found (looked for {[str(c) for c in candidates]}); "
+                       f"expected label folders yes/ no/ ... _unknown_/ of audio files from speakers not in the test set")
+
+
+def _pooled_speech(folder: Path, clips: list, extra, test_fraction: float, val_fraction: float, seed: int):
+    """Speech protocol with extra training speakers: test = a seeded share of the test copy's speakers (about
+    ``test_fraction`` of its clips); train + val = every other clip of the test copy plus the whole extra folder,
+    ``val_fraction`` of each class held out by speaker. The extra folder has no `on`/`off`: those two classes come
+    only from the test copy's training speakers (training balances classes; see train.py)."""
+    if not 0 < test_fraction < 1 or not 0 < val_fraction < 1:
+        raise ConfigError(f"test_fraction={test_fraction}, val_fraction={val_fraction}: expected numbers in (0, 1)")
+    extra_folder = locate_speech_extra(folder, extra)
+    extra_clips = _speech_clips(extra_folder, id_prefix="extra/")
+    if not extra_clips:
+        raise DatasetError(f"{extra_folder}: no audio files in the label folders")
+    rest, test = carve_by_group(clips, test_fraction, seed)
+    train, val = carve_by_group(rest + extra_clips, val_fraction, seed + 1)
+    splits = {"train": train, "val": val, "test": test}
+    missing = sorted(set(range(len(KEYWORDS) + 1)) - {c.label for c in test})
+    if missing:
+        raise DatasetError(f"{folder}: the pooled protocol's test split lacks class(es) {missing}; "
+                           f"expected every class in test (raise test_fraction)")
+    protocol = dict(split="pooled by speaker", extra=str(extra_folder), test_fraction=test_fraction,
+                    val_fraction=val_fraction, seed=seed, test_from="test copy only")
+    return splits, protocol
+
+
+def _speechcommands(folder: Path, layout: str, fractions=None, seed=None, extra=False, test_fraction=0.4,
+                    val_fraction=0.15):
+    classes = KEYWORDS + ["_unknown_"]
+    clips = _speech_clips(folder)
     if not clips:
         raise DatasetError(f"{folder}: no audio files in the label folders; expected {_expected(['speechcommands'])}")
-    if layout == "official":
+    if extra is not False and extra is not None:
+        if layout == "official" or fractions is not None:
+            raise ConfigError(f"extra={extra!r}: extra training speakers pool with the shared test-set copy only, "
+                              f"and replace `fractions` by test_fraction / val_fraction")
+        splits, protocol = _pooled_speech(folder, clips, extra, float(test_fraction), float(val_fraction),
+                                          0 if seed is None else int(seed))
+    elif layout == "official":
         if fractions is not None or seed is not None:
             raise ConfigError(f"fractions={fractions}, seed={seed}: the official Speech Commands layout in {folder} "
                               f"uses its own "
@@ -376,7 +436,7 @@ def _speechcommands(folder: Path, layout: str, fractions=None, seed=None):
             raise ConfigError(f"fractions={fractions}: expected three non-negative numbers (train, val, test)")
         splits = split_by_group(clips, fractions, seed)
         protocol = dict(split="by speaker", fractions=list(fractions), seed=seed)
-    _assert_disjoint("speechcommands", splits, what="speaker")
+    _assert_disjoint("speechcommands", splits, what="speaker")   # speakers of both folders, all three splits
     return classes, splits, protocol, 1.0
 
 
