@@ -31,10 +31,29 @@ def test_urbansound8k_official_folds_and_fsid(tmp_path):
     assert len(sets["val"]) > 0 and len(sets["train"]) > len(sets["val"])
     assert_disjoint(sets, key=lambda c: c.group)  # fsID
     assert sum(len(s) for s in sets.values()) == 3 * 6 * 3 == len(load_dataset("urbansound8k", folder, "all"))
-    assert sets["test"].classes == ["air_conditioner", "car_horn"] and sets["test"].layout == "official"
+    # the official ids stay: a copy holding classes 0 and 1 only still has all ten, in official order
+    assert sets["test"].classes[:2] == ["air_conditioner", "car_horn"] and len(sets["test"].classes) == 10
+    assert sets["test"].layout == "official"
     other = splits_of("urbansound8k", folder, test_fold=1)
     assert {c.clip_id.split("/")[0] for c in other["test"]} == {"fold1"}
     assert_disjoint(other, key=lambda c: c.group)
+
+
+def test_urbansound8k_without_some_classes_keeps_official_ids(tmp_path):
+    """A copy missing classes (a subset, or a fold without a rare class) is loaded, never renumbered, and warned
+    about; a class id that contradicts the official list is refused, naming the CSV."""
+    folder = make_us8k(tmp_path, folds=(1, 2), recordings=4)
+    meta = folder / "metadata" / "UrbanSound8K.csv"
+    lines = meta.read_text().splitlines()
+    # relabel class 1 (car_horn) as class 7 (jackhammer): the copy now holds ids 0 and 7 only
+    meta.write_text("\n".join([lines[0]] + [ln.replace(",1,car_horn", ",7,jackhammer") for ln in lines[1:]]) + "\n")
+    with pytest.warns(UserWarning, match="car_horn"):
+        cs = load_dataset("urbansound8k", folder, "all")
+    assert cs.classes[7] == "jackhammer" and cs.classes[1] == "car_horn" and len(cs.classes) == 10
+    assert sorted({c.label for c in cs}) == [0, 7]
+    meta.write_text("\n".join([lines[0]] + [ln.replace(",1,car_horn", ",3,siren") for ln in lines[1:]]) + "\n")
+    with pytest.raises(DatasetError, match="UrbanSound8K.csv.*official"):
+        load_dataset("urbansound8k", folder, "all")
 
 
 def test_urbansound8k_split_is_seeded(tmp_path):
@@ -206,7 +225,7 @@ def test_default_falls_back_to_synthetic_loudly(tmp_path):
 def test_default_uses_real_data_when_present(tmp_path):
     make_us8k(tmp_path, folds=(1, 2))
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", SyntheticDataWarning)   # (the two-class copy does warn of absent classes)
         cs = load_dataset("default", tmp_path, "test")
     assert cs.source == "real" and cs.name == "urbansound8k"
 

@@ -290,10 +290,29 @@ def _read_csv(path: Path, columns: set) -> list[dict]:
     return rows
 
 
-def _classes_from(rows, id_col, name_col, path) -> list:
+# The official class ids of the datasets with a fixed class list: a copy that lacks some classes keeps them.
+OFFICIAL_CLASSES = {
+    "urbansound8k": ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
+                     "gun_shot", "jackhammer", "siren", "street_music"],
+}
+
+
+def _classes_from(rows, id_col, name_col, path, official=None) -> list:
+    """Class names by id from a metadata CSV. With ``official`` (the dataset's fixed list) ids are never renumbered:
+    a listed id must name its official class, and classes without a clip are kept, with a warning."""
     names = {}
     for r in rows:
         names.setdefault(int(r[id_col]), r[name_col])
+    if official is not None:
+        wrong = {i: n for i, n in names.items() if not 0 <= i < len(official) or official[i] != n}
+        if wrong:
+            raise DatasetError(f"{path}: class ids {wrong} do not match the official ids "
+                               f"{dict(enumerate(official))}")
+        absent = [official[i] for i in range(len(official)) if i not in names]
+        if absent:
+            warnings.warn(f"{path}: no clip of class(es) {absent}; their official ids are kept, "
+                          f"so a model trained here has outputs for them that never see a clip")
+        return list(official)
     if sorted(names) != list(range(len(names))):
         raise DatasetError(f"{path}: class ids {sorted(names)} are not 0..{len(names) - 1}")
     return [names[i] for i in range(len(names))]
@@ -309,7 +328,7 @@ def _missing_error(folder, listing, missing):
 def _urbansound8k(folder: Path, layout: str, test_fold=None, val_fraction=0.15, seed=0):
     meta = folder / "metadata" / "UrbanSound8K.csv" if layout == "official" else folder / "metadata.csv"
     rows = _read_csv(meta, {"slice_file_name", "fsID", "fold", "classID", "class"})
-    classes = _classes_from(rows, "classID", "class", meta)
+    classes = _classes_from(rows, "classID", "class", meta, OFFICIAL_CLASSES["urbansound8k"])
     present = sorted(int(p.name[4:]) for p in (folder / "audio").glob("fold*") if p.is_dir() and p.name[4:].isdigit())
     by_fold, missing, listed = defaultdict(list), [], set()
     for r in rows:
