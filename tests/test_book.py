@@ -1,9 +1,14 @@
 import argparse
 import hashlib
+import importlib
 import importlib.util
 import json
+import pickle
 import shutil
+import subprocess
+import sys
 import time
+import types
 from pathlib import Path
 
 import jupytext
@@ -11,7 +16,7 @@ import nbformat
 import pytest
 import yaml
 
-from tprune_core import book, results
+from tprune_core import book, results, rules
 from tprune_core.cli import book as book_cli
 from tprune_core.errors import ConfigError, TpruneError
 
@@ -104,7 +109,7 @@ def _outputs(nb) -> str:
     return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
 
 
-# ------------------------------------------------------------------------------------------- chapter helpers
+# ------------------------------------------------------------------------------------ chapter helpers (book/params.py)
 
 def test_parameter_names_and_chapter_params(tmp_path, monkeypatch):
     root = _make_root(tmp_path)
@@ -148,7 +153,7 @@ def test_stub_chapters_have_a_parameters_cell_and_the_stub_marker():
             assert "not written yet" in source, path
 
 
-# ------------------------------------------------------------------------------------------- findings
+# ----------------------------------------------------------------------------------------- findings (book/findings.py)
 
 def test_findings_table_is_built_from_results_files(tmp_path):
     assert book.collect_findings(tmp_path) == []
@@ -189,7 +194,7 @@ def test_bad_findings_are_refused(tmp_path, rows, match):
         book.save_findings("ch", rows, {}, root=tmp_path)
 
 
-# ------------------------------------------------------------------------------------------- reruns
+# ---------------------------------------------------------------------------- reruns (book/reruns.py, book/listing.py)
 
 def test_run_command_executes_a_rerun_and_lists_it(tmp_path, capsys):
     root = _make_root(tmp_path)
@@ -273,6 +278,83 @@ def test_parse_value():
     assert book.parse_value("topk") == "topk" and book.parse_value("'7'") == "7"
 
 
+def test_profile_choices_come_from_rules():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    book_cli.add_parser(sub)
+    for command in ("run", "book"):
+        [action] = [a for a in sub.choices[command]._actions if a.dest == "profile"]
+        assert tuple(action.choices) == rules.BOOK_PROFILES, command
+    assert results.PROFILES == rules.BOOK_PROFILES
+
+
+def test_importing_the_book_package_stays_cheap():
+    # chapters and Sphinx import tprune_core.book; sphinx_ext (and so Sphinx) only loads when Sphinx calls setup
+    code = ("import sys, tprune_core.book; heavy = [m for m in ('torch', 'pandas', 'sphinx') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# ------------------------------------------------------------------------------- Sphinx extension (book/sphinx_ext.py)
+
+class _FakeSphinxApp:
+    """Records what an extension registers."""
+
+    def __init__(self):
+        self.nodes, self.directives, self.handlers = [], {}, {}
+
+    def add_node(self, node, **kwargs):
+        self.nodes.append(node)
+
+    def add_directive(self, name, cls):
+        self.directives[name] = cls
+
+    def connect(self, event, handler):
+        self.handlers.setdefault(event, []).append(handler)
+
+
+def test_sphinx_extension_setup_registers_the_module_level_directive():
+    from tprune_core.book import sphinx_ext
+
+    config = yaml.safe_load((REPO / "_config.yml").read_text())
+    assert "tprune_core.book" in config["sphinx"]["extra_extensions"]
+    for name in config["sphinx"]["extra_extensions"]:  # what Sphinx does with each listed extension
+        assert callable(importlib.import_module(name).setup), name
+    for setup in (book.setup, sphinx_ext.setup):
+        app = _FakeSphinxApp()
+        meta = setup(app)
+        assert meta["parallel_read_safe"] and meta["parallel_write_safe"] and meta["env_version"] == 1
+        assert app.directives == {"tprune-findings": sphinx_ext.FindingsDirective}
+        assert app.nodes == [sphinx_ext.findings_placeholder]
+        assert set(app.handlers) == {"html-page-context", "env-purge-doc", "env-merge-info", "env-updated",
+                                     "doctree-resolved"}
+        for handlers in app.handlers.values():  # every handler is a module-level function
+            assert [getattr(sphinx_ext, h.__name__) for h in handlers] == handlers
+    assert sphinx_ext.FindingsDirective.__qualname__ == "FindingsDirective"
+    assert book.FindingsDirective is sphinx_ext.FindingsDirective
+    assert book.findings_placeholder is sphinx_ext.findings_placeholder
+    node = pickle.loads(pickle.dumps(sphinx_ext.findings_placeholder()))  # doctrees are pickled
+    assert type(node) is sphinx_ext.findings_placeholder
+
+
+def test_sphinx_handlers_track_the_pages_that_show_findings(tmp_path, monkeypatch):
+    from tprune_core.book import sphinx_ext
+
+    monkeypatch.setenv("TPRUNE_RESULTS", str(tmp_path))
+    env = types.SimpleNamespace(tprune_findings_docs={"book/intro"})
+    assert sphinx_ext.updated(None, env) == ["book/intro"]
+    assert sphinx_ext.updated(None, env) == []  # findings unchanged: nothing to rewrite
+    book.save_findings("ch", [{"claim": "c", "verdict": "mixed", "evidence": "e"}], {}, root=tmp_path)
+    assert sphinx_ext.updated(None, env) == ["book/intro"]
+    sphinx_ext.merge(None, env, ["a"], types.SimpleNamespace(tprune_findings_docs={"a", "b"}))
+    assert env.tprune_findings_docs == {"book/intro", "a"}
+    sphinx_ext.purge(None, env, "a")
+    assert env.tprune_findings_docs == {"book/intro"}
+    scripts = ["a.js", "a.js", "b.js"]
+    sphinx_ext.dedupe_scripts(None, "page", "page.html", {"script_files": scripts}, None)
+    assert scripts == ["a.js", "b.js"]
+
+
 # ------------------------------------------------------------------------------------------- site check
 
 PAGE = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>
@@ -352,7 +434,14 @@ def test_site_check_in_chromium_catches_missing_image_and_title_and_screenshots(
     assert site_check.main([str(site), "--screenshots", str(shots)]) == 0
 
 
-# ------------------------------------------------------------------------------------------- whole book
+# ---------------------------------------------------------------------------------------- whole book (book/builder.py)
+
+def test_build_fingerprints_every_module_of_the_package():
+    from tprune_core.book import builder
+
+    assert builder.PACKAGE_DIR == REPO / "tprune_core"  # a change anywhere in tprune_core re-executes chapters
+    assert (builder.PACKAGE_DIR / "cli" / "book.py").is_file() and (builder.PACKAGE_DIR / "book").is_dir()
+
 
 @pytest.mark.slow
 def test_stub_book_builds_reruns_and_findings_end_to_end(tmp_path, monkeypatch, capfd):

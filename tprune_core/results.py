@@ -24,8 +24,9 @@ from pathlib import Path, PurePath
 
 from . import __version__
 from .errors import ConfigError, TpruneError
+from .rules import BOOK_PROFILES
 
-PROFILES = ("full", "smoke")
+PROFILES = BOOK_PROFILES  # the book's build profiles (rules.py holds every list of allowed values)
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 META_SUFFIX = ".meta.json"
 

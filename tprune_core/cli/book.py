@@ -2,6 +2,7 @@
 import argparse
 
 from ..errors import ConfigError
+from ..rules import BOOK_PROFILES
 
 
 def add_parser(subparsers) -> None:
@@ -15,7 +16,7 @@ def add_parser(subparsers) -> None:
                      help="override a parameter of the chapter's parameters cell; VALUE is a Python literal "
                           "(3, 0.5, \"[1.0, 0.5]\", True) or else taken as text; repeatable")
     run.add_argument("--tag", help="label of the rerun (file name and title); default: a hash of the parameters")
-    run.add_argument("--profile", choices=["full", "smoke"], default=None,
+    run.add_argument("--profile", choices=BOOK_PROFILES, default=None,
                      help="build profile the chapter runs with (default: $TPRUNE_PROFILE or full)")
     run.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell (default 1800)")
     run.add_argument("--root", default=None, help="book root holding _toc.yml and book/ (default: this checkout)")
@@ -26,7 +27,7 @@ def add_parser(subparsers) -> None:
         description="Sync the Reruns part, then build the book with jupyter-book under -W. The full profile "
                     "writes _build/html; other profiles write _build/<profile>/_build/html with their own "
                     "execution cache. The html folder is recorded in _build/last-build.json for the site check.")
-    build.add_argument("--profile", choices=["full", "smoke"], default=None,
+    build.add_argument("--profile", choices=BOOK_PROFILES, default=None,
                        help="full (default: $TPRUNE_PROFILE or full) or smoke (tiny settings)")
     build.add_argument("--reexecute", action="store_true",
                        help="drop this profile's execution cache and run every chapter again (after a change "

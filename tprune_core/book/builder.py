@@ -1,0 +1,89 @@
+"""`tprune book`: sync the Reruns part and run `jupyter-book build -W`.
+
+One output folder (and so one execution cache) per profile, because jupyter-cache keys notebooks on their code
+cells only; for the same reason a change in tprune_core re-executes every chapter. The html folder of the last
+successful build is recorded in `_build/last-build.json` for the site check.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .. import results
+from ..errors import ConfigError, TpruneError
+from ..rules import BOOK_PROFILES
+from ._shared import book_root, environ
+from .listing import sync_reruns
+from .params import profile
+
+LAST_BUILD = "_build/last-build.json"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # tprune_core/: its code is fingerprinted
+
+
+def output_dir(root, profile_name: str) -> Path:
+    """Where jupyter-book writes a profile's build (`<it>/_build/html`, `<it>/_build/.jupyter_cache`)."""
+    root = book_root(root)
+    return root if profile_name == "full" else root / "_build" / profile_name
+
+
+def _package_fingerprint() -> str:
+    h = hashlib.sha256()
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(path.as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: bool = False) -> Path:
+    """`tprune book`: sync the Reruns part, then build the book with jupyter-book under -W. Returns the html
+    folder, also recorded in _build/last-build.json for the site check. `reexecute` drops the profile's
+    execution cache first (jupyter-cache keys notebooks on their code cells, so a change in tprune_core alone
+    does not re-run a chapter)."""
+    root = book_root(root)
+    profile_name = profile_name or profile()
+    if profile_name not in BOOK_PROFILES:
+        raise ConfigError(f"profile {profile_name!r}: expected one of {', '.join(BOOK_PROFILES)}")
+    toc, _ = sync_reruns(root)
+    out = output_dir(root, profile_name)
+    html = out / "_build" / "html"
+    marker = root / LAST_BUILD
+    marker.unlink(missing_ok=True)  # a failed build must not leave an older one to be checked
+    # Sphinx rewrites only changed pages, so after a toc change the sidebars of the other pages would be
+    # stale: re-read everything then (executed notebooks come from the cache, nothing is re-executed).
+    stamp = out / "_build" / ".tprune-toc.sha256"
+    toc_hash = hashlib.sha256(toc.read_bytes()).hexdigest()
+    reread = reexecute or not stamp.is_file() or stamp.read_text().strip() != toc_hash
+    code_stamp = out / "_build" / ".tprune-code.sha256"
+    code = _package_fingerprint()
+    if code_stamp.is_file() and code_stamp.read_text().strip() != code and not reexecute:
+        # jupyter-cache keys notebooks on their code cells only: a cached page made by older package code
+        # would be stale, so a package change re-executes every chapter (stored result tables still apply).
+        print("tprune book: tprune_core changed since the last build: re-executing every chapter", flush=True)
+        reexecute = True
+    if reexecute:
+        shutil.rmtree(out / "_build" / ".jupyter_cache", ignore_errors=True)
+        reread = True
+    exe = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(out),
+           "--toc", str(toc.relative_to(root)), "-W", "--keep-going", *(["--all"] if reread else []),
+           *extra_args]
+    with environ(TPRUNE_PROFILE=profile_name):  # chapters and the findings table use the same store
+        env = dict(os.environ, TPRUNE_RESULTS=str(results.default_root(base=root)))
+    print(f"tprune book: profile {profile_name} -> {html}", flush=True)
+    start = time.monotonic()
+    done = subprocess.run(cmd, cwd=root, env=env)
+    if done.returncode != 0:
+        raise TpruneError(f"jupyter-book build failed (exit {done.returncode}); see the messages above")
+    stamp.write_text(toc_hash + "\n")
+    code_stamp.write_text(code + "\n")
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"html": str(html), "profile": profile_name, "seconds": round(
+        time.monotonic() - start, 1), "built_at": _dt.datetime.now(_dt.timezone.utc).isoformat()}, indent=2) + "\n")
+    print(f"tprune book: built in {time.monotonic() - start:.0f} s: {html / 'index.html'}", flush=True)
+    return html

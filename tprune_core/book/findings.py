@@ -1,0 +1,93 @@
+"""The findings table: each chapter's verdict rows, stored in results/ and shown on the landing page.
+
+`save_findings(...)` checks and stores a chapter's rows; `collect_findings()` reads every stored row back (the
+Sphinx directive `{tprune-findings}` in `sphinx_ext` renders them); `findings_markdown()` is the same table as
+Markdown; `findings_digest()` changes whenever any stored findings change.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .. import results
+from ..errors import ConfigError
+
+FINDINGS = "findings"
+FINDING_COLUMNS = ("claim", "verdict", "evidence", "where")
+VERDICTS = ("reproduced", "not reproduced", "mixed", "inconclusive")
+NO_FINDINGS = ("No chapter has stored its verdicts in results/ yet. "
+               "Rows appear here when a written chapter is built.")
+
+
+def save_findings(chapter: str, rows, params: dict, root=None) -> Path:
+    """Store a chapter's verdicts for the landing page. `rows`: dicts (or a DataFrame) with `claim`,
+    `verdict` (one of VERDICTS), `evidence` (the numbers that decide it) and optionally `where` (the figure or
+    table in the chapter that shows it)."""
+    import pandas as pd
+
+    table = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
+    if table.empty:
+        raise ConfigError(f"findings of {chapter}: no rows")
+    if "where" not in table.columns:
+        table["where"] = ""
+    missing = [c for c in FINDING_COLUMNS if c not in table.columns]
+    extra = [c for c in table.columns if c not in FINDING_COLUMNS]
+    if missing or extra:
+        raise ConfigError(f"findings of {chapter}: columns must be {list(FINDING_COLUMNS)}; "
+                          f"missing {missing}, unexpected {extra}")
+    table = table[list(FINDING_COLUMNS)].fillna("").astype(str)
+    bad = sorted(set(table["verdict"]) - set(VERDICTS))
+    if bad:
+        raise ConfigError(f"findings of {chapter}: verdict {bad} not in {list(VERDICTS)}")
+    empty = table.index[(table["claim"].str.strip() == "") | (table["evidence"].str.strip() == "")].tolist()
+    if empty:
+        raise ConfigError(f"findings of {chapter}: rows {empty} have an empty claim or evidence")
+    return results.save_table(chapter, FINDINGS, table, params, root=root)
+
+
+def collect_findings(root=None) -> list[dict]:
+    """Every stored findings row (checksums verified), with its chapter and how it was made."""
+    rows = []
+    for meta in results.list_results(root):
+        if meta.get("name") != FINDINGS:
+            continue
+        table = results.load_table(meta["chapter"], FINDINGS, None, root=root)
+        made = table.attrs["meta"]
+        for rec in table.to_dict("records"):
+            rows.append({"chapter": meta["chapter"], **{c: rec[c] for c in FINDING_COLUMNS},
+                         "profile": made.get("profile", ""), "saved_at": made.get("saved_at", ""),
+                         "code_version": made.get("code_version", "")})
+    return rows
+
+
+def findings_digest(root=None) -> str:
+    """Changes whenever any stored findings (or their sidecars) change."""
+    h = hashlib.sha256()
+    for meta in results.list_results(root):
+        if meta.get("name") == FINDINGS:
+            h.update(Path(meta["meta_path"]).read_bytes())
+    return h.hexdigest()
+
+
+def findings_markdown(root=None, titles: dict | None = None) -> str:
+    """The findings table as Markdown (the Sphinx directive builds the same table as docutils nodes)."""
+    rows = collect_findings(root)
+    if not rows:
+        return "No findings yet. " + NO_FINDINGS
+    titles = titles or {}
+    lines = ["| Chapter | Claim | Verdict | Evidence | Run |", "| --- | --- | --- | --- | --- |"]
+    for r in rows:
+        cells = [titles.get(r["chapter"], r["chapter"]), r["claim"], f"**{r['verdict']}**",
+                 evidence_text(r), run_label(r)]
+        lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def evidence_text(row: dict) -> str:
+    """The Evidence cell: the evidence, then where the chapter shows it."""
+    return row["evidence"] + (f" ({row['where']})" if row["where"] else "")
+
+
+def run_label(row: dict) -> str:
+    """The Run cell: profile, date and code version of the build that saved the row."""
+    return f"{row['profile']} · {row['saved_at'][:10]} · {row['code_version']}"
