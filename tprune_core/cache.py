@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .datasets import REPO, ClipSet, load_dataset
 from .errors import AudioError, ConfigError, DatasetError, TpruneError
 from .features import FeatureConfig, fbank, normalize, pad_or_crop, resolve_norm
+from .rules import ON_ERROR
 
 CODE_VERSION = 1  # bump when featurization changes in a way the key does not see
 FBANK = dict(htk_compat=True, use_energy=False, window_type="hanning", dither=0.0, frame_shift=10, mean_removed=True)
@@ -79,8 +80,8 @@ def _stats(total, sq, count):
 def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int = 16000, on_error: str = "raise",
               progress: bool = True) -> FeatureSet:
     """Raw (un-normalized) float16 fbank grids of every clip in `clips`, from the disk cache or computed once."""
-    if on_error not in ("raise", "skip"):
-        raise ConfigError(f"on_error={on_error!r}: expected 'raise' or 'skip'")
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error={on_error!r}: expected {' or '.join(map(repr, ON_ERROR))}")
     FeatureConfig(frames=frames, mel_bins=mel_bins, sample_rate=sample_rate)  # validates the numbers
     key = dict(version=CODE_VERSION, dataset=clips.name, source=clips.source, split=clips.split,
                protocol=clips.protocol, files=clips.signature(), sample_rate=sample_rate, mel_bins=mel_bins,
