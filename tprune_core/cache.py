@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from .datasets import REPO, ClipSet, load_dataset
 from .errors import AudioError, ConfigError, DatasetError, TpruneError
 from .features import FeatureConfig, fbank, normalize, pad_or_crop, resolve_norm
+from .fsio import atomic_write
 from .rules import ON_ERROR
 
 CODE_VERSION = 1  # bump when featurization changes in a way the key does not see
@@ -105,7 +105,7 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
         finally:
             torch.set_num_threads(threads)
         data["digest"] = digest
-        _save_atomic(data, path)
+        atomic_write(path, lambda f: torch.save(data, f))   # readers never see half a file
     skipped = [tuple(s) for s in data["skipped"]]
     if skipped:
         if on_error == "raise":
@@ -150,20 +150,6 @@ def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
     return dict(x=x[:len(keep)].clone(), y=torch.tensor([clips[i].label for i in keep], dtype=torch.int64),
                 ids=[clips[i].clip_id for i in keep], lengths=torch.tensor(lengths, dtype=torch.int32),
                 moments=(total, sq, count), skipped=skipped)
-
-
-def _save_atomic(obj, path: Path):
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_features(name, split: str, frames=None, root=None, mel_bins: int = 128, norm="train",
