@@ -3,11 +3,10 @@ import json
 
 import pytest
 
+from tprune_core import rules
 from tprune_core.cli import main
-from tprune_core.cli import macs as cli_macs
 from tprune_core.macs import count_macs
-from tprune_core.models import FAMILIES, SIZES
-from tprune_core.pruning import METHODS, PER_CLIP
+from tprune_core.models import SIZES, create_model
 
 
 def run_json(capsys, *args):
@@ -74,8 +73,11 @@ def test_bad_options(capsys, args, option):
     assert f"argument {option}" in capsys.readouterr().err
 
 
-def test_choices_match_the_package():
-    # the CLI keeps literal copies so `tprune --help` stays light: they must not drift
-    assert cli_macs.FAMILIES == FAMILIES and cli_macs.SIZES == tuple(SIZES)
-    assert set(SIZES[s][1] for s in SIZES) == {cli_macs.DEPTH}
-    assert set(cli_macs.FIXED_BUDGET) == set(METHODS) - PER_CLIP
+@pytest.mark.parametrize("size", list(SIZES))
+def test_rules_describe_the_models_built(size):
+    # the CLI reads its choices and drop-block range from rules.py (test_rules); they must be what is built
+    dim, depth, heads = SIZES[size]
+    model = create_model("ast", size, 16, 2, mel=16)
+    assert (model.embed_dim, len(model.blocks), model.blocks[0].attn.num_heads) == (dim, depth, heads)
+    assert depth <= rules.MAX_DEPTH
+

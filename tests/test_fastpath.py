@@ -226,6 +226,25 @@ def test_bench_group_per_clip_method_and_no_overhead():
     assert rs[1]["mac_ratio"] == pytest.approx(tome)
 
 
+def test_bench_settings_stop_rule_and_overhead_models():
+    from tprune_core.bench import DTYPES, BenchSettings
+    from tprune_core.rules import BENCH_DTYPES
+    assert tuple(DTYPES) == BENCH_DTYPES                          # every dtype the rules allow has an autocast
+    base = dict(family="ast", size="tiny", frames=64, batch=1, device=torch.device("cpu"), dtype="fp32",
+                drop_loc=(3, 6, 9), mel=64, num_classes=527, seed=0, linear="default", repeats=None, min_seconds=2.0,
+                max_repeats=20, warmup=None, overhead=True, progress=False)
+    s = BenchSettings(**base)
+    assert not s.finished(6, 99.0) and not s.finished(7, 1.0) and s.finished(7, 2.0) and s.finished(20, 0.0)
+    fixed = BenchSettings(**dict(base, repeats=3))
+    assert not fixed.finished(2, 99.0) and fixed.finished(3, 0.0)
+    assert s.warmup_rounds() == 2 and BenchSettings(**dict(base, device=torch.device("cuda"))).warmup_rounds() == 10
+    assert s.overhead_methods(["tome", "topk"]) == ["tome", "topk"]
+    assert BenchSettings(**dict(base, overhead=False)).overhead_methods(["tome", "topk"]) == []
+    assert BenchSettings(**dict(base, overhead=["topk"])).overhead_methods(["tome", "topk"]) == ["topk"]
+    with pytest.raises(AttributeError):
+        s.repeats = 5                                             # frozen
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(method="nope"), "method"), (dict(repeats=2), "repeats"), (dict(dtype="fp8"), "dtype"),
     (dict(batch=0), "batch"), (dict(threads=0), "threads"), (dict(keep_rate=1.5), "keep_rate"),

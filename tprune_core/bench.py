@@ -21,6 +21,7 @@ import os
 import platform
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,12 @@ import torch
 
 from .errors import ConfigError
 from .macs import model_macs
-from .models import FAMILIES, SIZES, create_model, onednn_available, onednn_linear
-from .pruning import METHODS, apply_pruning
+from .models import create_model, onednn_available, onednn_linear
+from .pruning import apply_pruning
+from .rules import (BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, LINEARS, MEL_BINS, check_family, check_keep_rate,
+                    check_method, check_one_of, check_positive_int, check_size)
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-LINEARS = ("auto", "onednn", "default")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # rules.BENCH_DTYPES -> autocast dtype
 
 
 def _device_name(device: torch.device) -> str:
@@ -57,8 +59,7 @@ def _stats(samples) -> dict:
 
 def resolve_linear(linear: str, device, dtype: str) -> str:
     """The linear backend a run will use: ``auto`` is oneDNN for fp32 on a CPU whose torch has it, else default."""
-    if linear not in LINEARS:
-        raise ConfigError(f"linear: expected one of {LINEARS}, got {linear!r}")
+    check_one_of("linear", LINEARS, linear)
     fits = torch.device(device).type == "cpu" and dtype == "fp32"
     if linear == "onednn" and not fits:
         raise ConfigError(f"linear: 'onednn' applies to fp32 on the CPU only (got device {str(device)!r}, "
@@ -71,28 +72,24 @@ def resolve_linear(linear: str, device, dtype: str) -> str:
 
 
 def _check(family, size, frames, batch, device, threads, repeats, dtype):
-    if family not in FAMILIES:
-        raise ConfigError(f"family: expected one of {FAMILIES}, got {family!r}")
-    if size not in SIZES:
-        raise ConfigError(f"size: expected one of {tuple(SIZES)}, got {size!r}")
-    if batch < 1:
-        raise ConfigError(f"batch: expected a positive integer, got {batch}")
-    if threads is not None and threads < 1:
-        raise ConfigError(f"threads: expected a positive integer, got {threads}")
+    check_family(family)
+    check_size(size)
+    check_positive_int("batch", batch)
+    if threads is not None:
+        check_positive_int("threads", threads)
     if repeats is not None and repeats < 3:
         raise ConfigError(f"repeats: expected at least 3 (a spread needs samples), got {repeats}")
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype: expected one of {tuple(DTYPES)}, got {dtype!r}")
+    check_one_of("dtype", BENCH_DTYPES, dtype)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device: 'cuda' requested but torch sees no CUDA device")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device: expected 'cpu' or 'cuda', got {str(device)!r}")
+    if device.type not in BENCH_DEVICES:
+        raise ConfigError(f"device: expected {' or '.join(map(repr, BENCH_DEVICES))}, got {str(device)!r}")
 
 
 def bench_group(family: str, size: str, frames: int, configs, batch: int = 1, device: str = "cpu",
                 threads: int | None = None, repeats: int | None = None, min_seconds: float = 10.0,
-                max_repeats: int = 100, warmup: int | None = None, dtype: str = "fp32", drop_loc=(3, 6, 9),
-                mel: int = 128, num_classes: int = 527, seed: int = 0, overhead=True, linear: str = "auto",
+                max_repeats: int = 100, warmup: int | None = None, dtype: str = "fp32", drop_loc=DEFAULT_DROP_LOC,
+                mel: int = MEL_BINS, num_classes: int = 527, seed: int = 0, overhead=True, linear: str = "auto",
                 progress: bool = False) -> list[dict]:
     """Time the stock model, the patched model at keep rate 1.0 and every ``(method, keep_rate)`` in ``configs``.
 
@@ -108,116 +105,182 @@ def bench_group(family: str, size: str, frames: int, configs, batch: int = 1, de
     _check(family, size, frames, batch, device, threads, repeats, dtype)
     linear = resolve_linear(linear, device, dtype)
     for m, k in configs:
-        if m not in METHODS:
-            raise ConfigError(f"method: expected one of {METHODS}, got {m!r}")
-        if not 0.0 < k <= 1.0:
-            raise ConfigError(f"keep_rate: expected a number in (0, 1], got {k}")
+        check_method(m)
+        check_keep_rate(k)
     if not configs:
         raise ConfigError("configs: expected at least one (method, keep_rate)")
+    settings = BenchSettings(family, size, frames, batch, device, dtype, tuple(drop_loc), mel, num_classes, seed,
+                             linear, repeats, min_seconds, max_repeats, warmup, overhead, progress)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run_group(family, size, frames, configs, batch, device, repeats, min_seconds, max_repeats,
-                          warmup, dtype, tuple(drop_loc), mel, num_classes, seed, overhead, linear, progress)
+        return _run_group(settings, configs)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run_group(family, size, frames, configs, batch, device, repeats, min_seconds, max_repeats, warmup, dtype,
-               drop_loc, mel, num_classes, seed, overhead, linear, progress):
+@dataclass(frozen=True)
+class BenchSettings:
+    """Everything a timing run needs besides its ``(method, keep_rate)`` configs (checked by ``bench_group``)."""
+    family: str
+    size: str
+    frames: int
+    batch: int
+    device: torch.device
+    dtype: str
+    drop_loc: tuple
+    mel: int
+    num_classes: int
+    seed: int
+    linear: str              # resolved: "onednn" or "default"
+    repeats: int | None
+    min_seconds: float
+    max_repeats: int
+    warmup: int | None
+    overhead: object         # True, False or the methods whose keep-rate-1.0 model is timed
+    progress: bool
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def warmup_rounds(self) -> int:
+        return self.warmup if self.warmup is not None else (10 if self.cuda else 2)
+
+    def finished(self, rounds: int, seconds: float) -> bool:
+        """Whether ``rounds`` timed rounds taking ``seconds`` are enough."""
+        if self.repeats is not None:
+            return rounds >= self.repeats
+        return (rounds >= 7 and seconds >= self.min_seconds) or rounds >= self.max_repeats
+
+    def overhead_methods(self, methods) -> list:
+        return list(methods) if self.overhead is True else [] if self.overhead is False else [
+            m for m in methods if m in self.overhead]
+
+
+@dataclass
+class _Timings:
+    """Per timed model (key "full", ``("kr1", method)`` or ``(method, keep_rate)``): wall and CPU ms per round,
+    MACs per clip; the load average before and after."""
+    times: dict
+    cpu: dict
+    macs: dict
+    load_before: tuple
+    load_after: tuple
+
+
+def _run_group(s: BenchSettings, configs) -> list[dict]:
+    models, x = _build_models(s, configs)
+    timings = _time_models(s, models, x)
+    machine = _machine(s, timings)
+    tokens = models["full"].patch_embed.num_patches
+    return [_result(s, m, k, tokens, timings, machine) for m, k in configs]
+
+
+def _build_models(s: BenchSettings, configs) -> tuple[dict, torch.Tensor]:
+    """The stock model, its patched copies (keep rate 1.0 per ``s.overhead``, then every config) and the input."""
     with torch.random.fork_rng(devices=[]):   # weights from an explicit seed, global RNG untouched
-        torch.manual_seed(seed)
-        stock = create_model(family, size, frames, num_classes, mel=mel).eval()
-    if linear == "onednn":   # before the copies, so that every timed model has it
+        torch.manual_seed(s.seed)
+        stock = create_model(s.family, s.size, s.frames, s.num_classes, mel=s.mel).eval()
+    if s.linear == "onednn":   # before the copies, so that every timed model has it
         onednn_linear(stock)
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, frames, mel, generator=g).to(device)
+    g = torch.Generator().manual_seed(s.seed)
+    x = torch.randn(s.batch, s.frames, s.mel, generator=g).to(s.device)
 
     # Copies first, patches second: apply_pruning re-classes the copy's modules, never the stock model's.
     models = {"full": stock}
-    methods = sorted({m for m, _ in configs})
-    for m in (methods if overhead is True else [] if overhead is False else [m for m in methods if m in overhead]):
-        models[("kr1", m)] = apply_pruning(copy.deepcopy(stock), m, 1.0, drop_loc)
+    for m in s.overhead_methods(sorted({m for m, _ in configs})):
+        models[("kr1", m)] = apply_pruning(copy.deepcopy(stock), m, 1.0, s.drop_loc)
     for m, k in configs:
-        models[(m, k)] = apply_pruning(copy.deepcopy(stock), m, k, drop_loc)
+        models[(m, k)] = apply_pruning(copy.deepcopy(stock), m, k, s.drop_loc)
     for model in models.values():
-        model.to(device)
+        model.to(s.device)
+    return models, x
 
-    cuda = device.type == "cuda"
-    autocast = (torch.autocast(device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] is not None else nullcontext())
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
-    def run(model):
-        sync()
-        t0, c0 = time.perf_counter(), time.process_time()
-        model(x)
-        sync()
-        return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
+def _timed(model, x, sync) -> tuple[float, float]:
+    """Wall-clock and process CPU milliseconds of one forward."""
+    sync()
+    t0, c0 = time.perf_counter(), time.process_time()
+    model(x)
+    sync()
+    return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
 
+
+def _time_models(s: BenchSettings, models: dict, x) -> _Timings:
+    """A warm-up, the MACs of its forwards, then the timed rounds, under inference mode and the autocast dtype."""
+    autocast = (torch.autocast(s.device.type, dtype=DTYPES[s.dtype]) if DTYPES[s.dtype] is not None
+                else nullcontext())
+    sync = torch.cuda.synchronize if s.cuda else (lambda: None)
+    load_before = os.getloadavg()
+    bar = None
+    if s.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=s.repeats, desc=f"bench {s.family}-{s.size} {s.frames}f b{s.batch}", leave=False)
+    with torch.inference_mode(), autocast:
+        for _ in range(s.warmup_rounds()):
+            for model in models.values():
+                _timed(model, x, sync)
+        macs = {key: model_macs(model) for key, model in models.items()}   # per clip, from the warm-up's tokens
+        times, cpu = _rounds(s, models, x, sync, bar)
+    if bar is not None:
+        bar.close()
+    return _Timings(times, cpu, macs, load_before, os.getloadavg())
+
+
+def _rounds(s: BenchSettings, models: dict, x, sync, bar) -> tuple[dict, dict]:
+    """Interleaved rounds, every model once per round: wall-clock and CPU ms per model."""
     keys = list(models)
     times = {key: [] for key in keys}
     cpu = {key: [] for key in keys}   # process CPU time: less sensitive than the clock to other processes' load
-    load_before = os.getloadavg()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=repeats, desc=f"bench {family}-{size} {frames}f b{batch}", leave=False)
-    with torch.inference_mode(), autocast:
-        for _ in range(warmup if warmup is not None else (10 if cuda else 2)):
-            for key in keys:
-                run(models[key])
-        macs = {key: model_macs(models[key]) for key in keys}   # per clip, from the warm-up's token counts
-        t_start, r = time.perf_counter(), 0
-        while True:
-            if repeats is not None and r >= repeats:
-                break
-            if repeats is None and ((r >= 7 and time.perf_counter() - t_start >= min_seconds) or r >= max_repeats):
-                break
-            for j in range(len(keys)):   # rotate the order so no model always runs first (or after the same one)
-                key = keys[(r + j) % len(keys)]
-                wall, c = run(models[key])
-                times[key].append(wall)
-                cpu[key].append(c)
-            r += 1
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    load_after = os.getloadavg()
+    t_start, r = time.perf_counter(), 0
+    while not s.finished(r, time.perf_counter() - t_start):
+        for j in range(len(keys)):   # rotate the order so no model always runs first (or after the same one)
+            key = keys[(r + j) % len(keys)]
+            wall, c = _timed(models[key], x, sync)
+            times[key].append(wall)
+            cpu[key].append(c)
+        r += 1
+        if bar is not None:
+            bar.update(1)
+    return times, cpu
 
-    full = np.asarray(times["full"])
-    machine = {"device": str(device), "device_name": _device_name(device), "threads": torch.get_num_threads(),
-               "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else False, "linear": linear,
-               "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
-               "torch": torch.__version__, "timm": __import__("timm").__version__, "python": platform.python_version(),
-               "load_before": round(load_before[0], 2), "load_after": round(load_after[0], 2), "cpus": os.cpu_count()}
-    out = []
-    nan = np.full_like(full, np.nan)
-    for m, k in configs:
-        pruned, kr1 = np.asarray(times[(m, k)]), np.asarray(times.get(("kr1", m), nan))
-        ms_full, ms_pruned, ms_kr1 = np.median(full), np.median(pruned), np.median(kr1)
-        cpu_full, cpu_pruned = np.median(cpu["full"]), np.median(cpu[(m, k)])
-        mac_full, mac_pruned = float(macs["full"].mean()), float(macs[(m, k)].mean())
-        speedup = ms_full / ms_pruned
-        mac_ratio = mac_full / mac_pruned
-        out.append({
-            "family": family, "size": size, "frames": frames, "tokens": stock.patch_embed.num_patches,
-            "method": m, "keep_rate": k, "batch": batch, "dtype": dtype, "drop_loc": list(drop_loc), "mel": mel,
-            "num_classes": num_classes, "seed": seed,
-            "ms_full": float(ms_full), "ms_pruned": float(ms_pruned), "ms_kr1": float(ms_kr1),
-            "speedup": float(speedup), "gmacs_full": mac_full / 1e9, "gmacs_pruned": mac_pruned / 1e9,
-            "mac_ratio": mac_ratio, "efficiency": float(speedup / mac_ratio),
-            "cpu_ms_full": float(cpu_full), "cpu_ms_pruned": float(cpu_pruned),
-            "cpu_efficiency": float(cpu_full / cpu_pruned / mac_ratio),
-            # Load from other processes only ever adds time: the fastest round is a second, robust estimate.
-            "efficiency_min": float(full.min() / pruned.min() / mac_ratio),
-            "overhead_at_kr1": float(ms_kr1 / ms_full - 1.0),
-            "spread": {"full": _stats(full), "pruned": _stats(pruned), "kr1": _stats(kr1),
-                       "speedup_paired": _stats(full / pruned), "overhead_paired": _stats(kr1 / full - 1.0)},
-            "repeats": int(full.size), **machine,
-        })
-    return out
+
+def _machine(s: BenchSettings, t: _Timings) -> dict:
+    return {"device": str(s.device), "device_name": _device_name(s.device), "threads": torch.get_num_threads(),
+            "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if s.cuda else False, "linear": s.linear,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+            "torch": torch.__version__, "timm": __import__("timm").__version__, "python": platform.python_version(),
+            "load_before": round(t.load_before[0], 2), "load_after": round(t.load_after[0], 2),
+            "cpus": os.cpu_count()}
+
+
+def _result(s: BenchSettings, m: str, k: float, tokens: int, t: _Timings, machine: dict) -> dict:
+    """One config's result: medians, ratios and spreads against the stock model (see ``bench``)."""
+    full = np.asarray(t.times["full"])
+    pruned, kr1 = np.asarray(t.times[(m, k)]), np.asarray(t.times.get(("kr1", m), np.full_like(full, np.nan)))
+    ms_full, ms_pruned, ms_kr1 = np.median(full), np.median(pruned), np.median(kr1)
+    cpu_full, cpu_pruned = np.median(t.cpu["full"]), np.median(t.cpu[(m, k)])
+    mac_full, mac_pruned = float(t.macs["full"].mean()), float(t.macs[(m, k)].mean())
+    speedup = ms_full / ms_pruned
+    mac_ratio = mac_full / mac_pruned
+    return {
+        "family": s.family, "size": s.size, "frames": s.frames, "tokens": tokens,
+        "method": m, "keep_rate": k, "batch": s.batch, "dtype": s.dtype, "drop_loc": list(s.drop_loc), "mel": s.mel,
+        "num_classes": s.num_classes, "seed": s.seed,
+        "ms_full": float(ms_full), "ms_pruned": float(ms_pruned), "ms_kr1": float(ms_kr1),
+        "speedup": float(speedup), "gmacs_full": mac_full / 1e9, "gmacs_pruned": mac_pruned / 1e9,
+        "mac_ratio": mac_ratio, "efficiency": float(speedup / mac_ratio),
+        "cpu_ms_full": float(cpu_full), "cpu_ms_pruned": float(cpu_pruned),
+        "cpu_efficiency": float(cpu_full / cpu_pruned / mac_ratio),
+        # Load from other processes only ever adds time: the fastest round is a second, robust estimate.
+        "efficiency_min": float(full.min() / pruned.min() / mac_ratio),
+        "overhead_at_kr1": float(ms_kr1 / ms_full - 1.0),
+        "spread": {"full": _stats(full), "pruned": _stats(pruned), "kr1": _stats(kr1),
+                   "speedup_paired": _stats(full / pruned), "overhead_paired": _stats(kr1 / full - 1.0)},
+        "repeats": int(full.size), **machine,
+    }
 
 
 def bench(family: str, size: str, frames: int, keep_rate: float, method: str = "topk", batch: int = 1,

@@ -15,7 +15,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,8 @@ from tqdm import tqdm
 from .datasets import REPO, ClipSet, load_dataset
 from .errors import AudioError, ConfigError, DatasetError, TpruneError
 from .features import FeatureConfig, fbank, normalize, pad_or_crop, resolve_norm
+from .fsio import atomic_write
+from .rules import ON_ERROR
 
 CODE_VERSION = 1  # bump when featurization changes in a way the key does not see
 FBANK = dict(htk_compat=True, use_energy=False, window_type="hanning", dither=0.0, frame_shift=10, mean_removed=True)
@@ -79,8 +80,8 @@ def _stats(total, sq, count):
 def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int = 16000, on_error: str = "raise",
               progress: bool = True) -> FeatureSet:
     """Raw (un-normalized) float16 fbank grids of every clip in `clips`, from the disk cache or computed once."""
-    if on_error not in ("raise", "skip"):
-        raise ConfigError(f"on_error={on_error!r}: expected 'raise' or 'skip'")
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error={on_error!r}: expected {' or '.join(map(repr, ON_ERROR))}")
     FeatureConfig(frames=frames, mel_bins=mel_bins, sample_rate=sample_rate)  # validates the numbers
     key = dict(version=CODE_VERSION, dataset=clips.name, source=clips.source, split=clips.split,
                protocol=clips.protocol, files=clips.signature(), sample_rate=sample_rate, mel_bins=mel_bins,
@@ -104,7 +105,7 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
         finally:
             torch.set_num_threads(threads)
         data["digest"] = digest
-        _save_atomic(data, path)
+        atomic_write(path, lambda f: torch.save(data, f))   # readers never see half a file
     skipped = [tuple(s) for s in data["skipped"]]
     if skipped:
         if on_error == "raise":
@@ -149,20 +150,6 @@ def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
     return dict(x=x[:len(keep)].clone(), y=torch.tensor([clips[i].label for i in keep], dtype=torch.int64),
                 ids=[clips[i].clip_id for i in keep], lengths=torch.tensor(lengths, dtype=torch.int32),
                 moments=(total, sq, count), skipped=skipped)
-
-
-def _save_atomic(obj, path: Path):
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_features(name, split: str, frames=None, root=None, mel_bins: int = 128, norm="train",

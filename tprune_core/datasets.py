@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError, DatasetError
+from .rules import DATA_SPLITS as SPLITS
 
-SPLITS = ("train", "val", "test", "all")
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3"}
 REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {  # folder names looked for under $TPRUNE_DATA (or a root that holds them)

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .cache import cache_root
+from .fsio import atomic_write, atomic_write_json
 from .models import patch_pixels
 from .pruning import apply_pruning, record, remove_pruning
 
@@ -38,13 +37,6 @@ def _file_digest(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:20]
-
-
-def _atomic_json(obj, path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def setting(method=None, keep_rate=1.0, drop_loc=(3, 6, 9), label=None, **options) -> dict:
@@ -98,7 +90,7 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
                                    batch_size=batch_size, options=s["options"], split=split, precision=prec,
                                    shared=shared)
                 res["source"] = getattr(feats, "source", None)
-                _atomic_json(res, path)
+                atomic_write_json(path, res, sort_keys=True)
             rows.append({"family": entry["family"], "dataset": entry["dataset"], "seed": entry["seed"],
                          "trained_keep_rate": entry.get("keep_rate", 1.0),
                          "trained_method": entry.get("method") or "none", "label": s["label"],
@@ -142,10 +134,7 @@ def token_records(entry, method="topk", keep_rate=0.5, drop_loc=(3, 6, 9), split
         "scores": {b: v for b, v in rec.scores.items()}, "positions": {b: v for b, v in rec.positions.items()},
         "kept": {b: v for b, v in rec.kept.items()}, "tokens": rec.tokens, "classes": list(feats.classes),
         "x": x_all[:n].half(), "source": getattr(feats, "source", "")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(out, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(out, f))
     return out
 
 

@@ -9,13 +9,14 @@ per scoring block (``n·d`` MACs, under 0.1% at any size here), which is not cou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from numbers import Integral
 
 import torch
 
 from .errors import ConfigError
-from .models import FAMILIES, PATCH, SIZES, create_model, explicit_attention
-from .pruning import METHODS, PER_CLIP, kept_count, last_forward, settings, tome_rounds
+from .models import create_model, explicit_attention
+from .pruning import kept_count, last_forward, settings, tome_rounds
+from .rules import (DEFAULT_DROP_LOC, MEL_BINS, PATCH, PER_CLIP, SIZES, check_drop_loc, check_keep_rate,
+                    check_method, check_model, check_positive_int, depth_of)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class Dims:
                    model.patch_embed.proj.in_channels)
 
     @classmethod
-    def spec(cls, family: str, size: str, frames: int, mel: int = 128, num_classes: int = 527) -> "Dims":
+    def spec(cls, family: str, size: str, frames: int, mel: int = MEL_BINS, num_classes: int = 527) -> "Dims":
         dim, depth, _ = SIZES[size]
         return cls(dim, depth, 4 * dim, 2 if family == "ast" else 1, (mel // PATCH) * (frames // PATCH), num_classes)
 
@@ -62,7 +63,7 @@ def drop_extra_macs(d: Dims, method: str, n_patch_in: int, removed: int, fused_b
     return 0
 
 
-def token_schedule(d: Dims, keep_rate: float = 1.0, drop_loc=(3, 6, 9), method: str = "topk") -> list:
+def token_schedule(d: Dims, keep_rate: float = 1.0, drop_loc=DEFAULT_DROP_LOC, method: str = "topk") -> list:
     """(tokens entering attention, tokens entering the MLP, patch tokens removed) per block, for the methods whose
     budget is the same for every clip (all but intensity_range and adaptive)."""
     if method in PER_CLIP:
@@ -97,26 +98,15 @@ def macs_from_tokens(d: Dims, tokens, method: str = "topk") -> dict:
 
 def _check_spec(family, size, frames, keep_rate, drop_loc, method, mel, num_classes):
     """The checks create_model and apply_pruning would make, for a model that is never built."""
-    if family not in FAMILIES:
-        raise ConfigError(f"family: expected one of {FAMILIES}, got {family!r}")
-    if size not in SIZES:
-        raise ConfigError(f"size: expected one of {tuple(SIZES)}, got {size!r}")
-    for name, value in (("frames", frames), ("mel", mel)):
-        if not isinstance(value, Integral) or value <= 0 or value % PATCH:
-            raise ConfigError(f"{name}: expected a positive multiple of {PATCH}, got {value!r}")
-    if method not in METHODS:
-        raise ConfigError(f"method: expected one of {METHODS}, got {method!r}")
-    if not 0.0 < float(keep_rate) <= 1.0:
-        raise ConfigError(f"keep_rate: expected a number in (0, 1], got {keep_rate!r}")
-    depth = SIZES[size][1]
-    if not drop_loc or any(not 0 <= int(b) < depth for b in drop_loc) or len(set(drop_loc)) != len(drop_loc):
-        raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {tuple(drop_loc)}")
-    if not isinstance(num_classes, Integral) or num_classes <= 0:
-        raise ConfigError(f"num_classes: expected a positive integer, got {num_classes!r}")
+    check_model(family, size, frames, mel)
+    check_method(method)
+    check_keep_rate(keep_rate)
+    check_drop_loc(drop_loc, depth_of(size))
+    check_positive_int("num_classes", num_classes)
 
 
-def count_macs(family: str, size: str, frames: int, keep_rate: float = 1.0, drop_loc=(3, 6, 9),
-               method: str = "topk", mel: int = 128, num_classes: int = 527) -> dict:
+def count_macs(family: str, size: str, frames: int, keep_rate: float = 1.0, drop_loc=DEFAULT_DROP_LOC,
+               method: str = "topk", mel: int = MEL_BINS, num_classes: int = 527) -> dict:
     """MACs of a model given by name; ``gmacs`` and ``gmacs_per_block`` in units of 10^9."""
     drop_loc = tuple(int(b) for b in drop_loc)
     _check_spec(family, size, frames, keep_rate, drop_loc, method, mel, num_classes)

@@ -22,14 +22,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 from timm.models.vision_transformer import VisionTransformer
 
 from .errors import CheckpointError, ConfigError
-
-PATCH = 16
-FAMILIES = ("ast", "audiomae")
-SIZES = {  # name: (embed_dim, depth, num_heads)
-    "tiny": (192, 12, 3),
-    "small": (384, 12, 6),
-    "base": (768, 12, 12),
-}
+from .rules import FAMILIES, MEL_BINS, PATCH, SIZES, check_model   # FAMILIES, SIZES: re-exported for callers
 
 
 class AudioViT(VisionTransformer):
@@ -57,15 +50,10 @@ class AudioViT(VisionTransformer):
         return x[:, self.num_prefix_tokens:].mean(dim=1)
 
 
-def create_model(family: str, size: str, frames: int, num_classes: int, mel: int = 128, **kwargs) -> AudioViT:
+def create_model(family: str, size: str, frames: int, num_classes: int, mel: int = MEL_BINS,
+                 **kwargs) -> AudioViT:
     """An AST- or AudioMAE-style ViT with 16x16 patches for a ``(mel, frames)`` fbank grid."""
-    if family not in FAMILIES:
-        raise ConfigError(f"family: expected one of {FAMILIES}, got {family!r}")
-    if size not in SIZES:
-        raise ConfigError(f"size: expected one of {tuple(SIZES)}, got {size!r}")
-    for name, value in (("frames", frames), ("mel", mel)):
-        if value <= 0 or value % PATCH:
-            raise ConfigError(f"{name}: expected a positive multiple of {PATCH}, got {value}")
+    check_model(family, size, frames, mel)
     dim, depth, heads = SIZES[size]
     img_size = (mel, frames) if family == "ast" else (frames, mel)
     common = dict(img_size=img_size, patch_size=PATCH, in_chans=1, num_classes=num_classes, embed_dim=dim,

@@ -24,6 +24,7 @@ from pathlib import Path, PurePath
 
 from . import __version__
 from .errors import ConfigError, TpruneError
+from .fsio import atomic_write
 from .rules import BOOK_PROFILES
 
 PROFILES = BOOK_PROFILES  # the book's build profiles (rules.py holds every list of allowed values)
@@ -167,13 +168,6 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 _DTYPES = ("int", "uint", "float", "bool", "object", "string", "category")
 
 
@@ -193,11 +187,11 @@ def _save(chapter, name, payload: bytes, kind: str, params, root, extra: dict) -
         **extra,
     }
     # Data first, sidecar last: a crash in between leaves a checksum mismatch, which load refuses.
-    _atomic_write(data_path, payload)
+    atomic_write(data_path, payload)
     other = folder / f"{name}.{'json' if kind == 'csv' else 'csv'}"
     if other.exists():
         other.unlink()
-    _atomic_write(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
+    atomic_write(meta_path, (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode())
     return data_path
 
 

@@ -35,21 +35,24 @@ BENCH_DTYPES = ("fp32", "bf16", "fp16")     # autocast dtypes the benchmark time
 LINEARS = ("auto", "onednn", "default")     # linear-layer backends of the benchmark
 BENCH_DEVICES = ("cpu", "cuda")
 SPLITS = ("train", "val", "test")
+DATA_SPLITS = SPLITS + ("all",)             # what the data commands featurize and load: a split, or every clip
+ON_ERROR = ("raise", "skip")                # what featurizing does with an unreadable file
 ZOO_PROFILES = ("full", "long", "smoke")
 BOOK_PROFILES = ("full", "smoke")
 
 
-def _expected_one_of(name: str, allowed, value):
+def check_one_of(name: str, allowed, value) -> None:
+    """``value`` is one of ``allowed`` (one of the lists above)."""
     if value not in allowed:
         raise ConfigError(f"{name}: expected one of {tuple(allowed)}, got {value!r}")
 
 
 def check_family(family) -> None:
-    _expected_one_of("family", FAMILIES, family)
+    check_one_of("family", FAMILIES, family)
 
 
 def check_size(size) -> None:
-    _expected_one_of("size", SIZES, size)
+    check_one_of("size", SIZES, size)
 
 
 def depth_of(size: str) -> int:
@@ -57,8 +60,19 @@ def depth_of(size: str) -> int:
     return SIZES[size][1]
 
 
+MAX_DEPTH = max(depth for _, depth, _ in SIZES.values())   # drop blocks any size can take (before a size is known)
+
+
+def check_model(family, size, frames, mel) -> None:
+    """The family, size and fbank grid (``frames`` x ``mel``) of a model, in the order ``create_model`` checks."""
+    check_family(family)
+    check_size(size)
+    check_patch_multiple("frames", frames)
+    check_patch_multiple("mel", mel)
+
+
 def is_patch_multiple(value) -> bool:
-    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0 and value % PATCH == 0
+    return is_positive_int(value) and value % PATCH == 0
 
 
 def check_patch_multiple(name: str, value) -> None:
@@ -68,7 +82,7 @@ def check_patch_multiple(name: str, value) -> None:
 
 
 def check_method(method) -> None:
-    _expected_one_of("method", METHODS, method)
+    check_one_of("method", METHODS, method)
 
 
 def is_keep_rate(value) -> bool:
@@ -83,11 +97,17 @@ def check_keep_rate(keep_rate) -> None:
         raise ConfigError(f"keep_rate: expected a number in (0, 1], got {keep_rate!r}")
 
 
+def is_drop_loc(blocks, depth: int) -> bool:
+    """Distinct block indices of a ``depth``-block model, at least one."""
+    blocks = tuple(blocks or ())
+    return (bool(blocks) and all(isinstance(b, Integral) and 0 <= int(b) < depth for b in blocks)
+            and len(set(blocks)) == len(blocks))
+
+
 def check_drop_loc(drop_loc, depth: int) -> None:
     """Distinct block indices of a ``depth``-block model, at least one."""
     blocks = tuple(drop_loc or ())
-    if (not blocks or any(not isinstance(b, Integral) or not 0 <= int(b) < depth for b in blocks)
-            or len(set(blocks)) != len(blocks)):
+    if not is_drop_loc(blocks, depth):
         raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {blocks}")
 
 
@@ -109,13 +129,17 @@ def check_pruning(method, keep_rate, drop_loc, depth: int, options: dict | None 
     check_options(method, options or {})
 
 
+def is_positive_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
+
+
 def check_positive_int(name: str, value) -> None:
-    if not isinstance(value, Integral) or isinstance(value, bool) or value <= 0:
+    if not is_positive_int(value):
         raise ConfigError(f"{name}: expected a positive integer, got {value!r}")
 
 
 def check_precision(precision) -> None:
-    _expected_one_of("precision", PRECISIONS, precision)
+    check_one_of("precision", PRECISIONS, precision)
 
 
 def check_device_name(device: str) -> None:

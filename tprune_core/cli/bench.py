@@ -3,26 +3,28 @@ from __future__ import annotations
 
 import json
 
+from ..rules import BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, FAMILIES, LINEARS, SIZES
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("bench", help="time pruned vs unpruned inference (speed-up vs MAC ratio)")
-    p.add_argument("--family", required=True, choices=["ast", "audiomae"])
-    p.add_argument("--size", default="base", choices=["tiny", "small", "base"])
+    p.add_argument("--family", required=True, choices=FAMILIES)
+    p.add_argument("--size", default="base", choices=tuple(SIZES))
     p.add_argument("--frames", type=int, required=True, help="fbank frames (tokens = frames/16 * mel/16)")
     p.add_argument("--keep-rate", type=float, required=True)
     p.add_argument("--method", default="topk")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--device", default="cpu", choices=BENCH_DEVICES)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed rounds (default: at least 7 and --min-seconds of timing)")
     p.add_argument("--min-seconds", type=float, default=30.0,
                    help="seconds of timed rounds (default 30: on a 2-core VM, 10 s left the efficiency +-0.04 "
                         "from run to run)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"], help="autocast dtype")
-    p.add_argument("--linear", default="auto", choices=["auto", "onednn", "default"],
+    p.add_argument("--dtype", default="fp32", choices=BENCH_DTYPES, help="autocast dtype")
+    p.add_argument("--linear", default="auto", choices=LINEARS,
                    help="linear-layer backend of every timed model (auto: oneDNN for fp32 on the CPU, else timm's)")
-    p.add_argument("--drop-loc", type=int, nargs="+", default=[3, 6, 9])
+    p.add_argument("--drop-loc", type=int, nargs="+", default=list(DEFAULT_DROP_LOC))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=run)

@@ -3,6 +3,8 @@ Results go to stdout, progress and problems to stderr."""
 import json
 import sys
 
+from ..rules import DATA_SPLITS, ON_ERROR
+
 
 def add_parser(subparsers):
     p = subparsers.add_parser("data", help="find, check, download and featurize datasets")

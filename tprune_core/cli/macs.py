@@ -5,32 +5,25 @@ import argparse
 import json
 
 from ..errors import ConfigError
-
-# Kept in sync with models.SIZES / pruning.METHODS by test; literal here so `tprune --help` does not import torch.
-FAMILIES = ("ast", "audiomae")
-SIZES = ("tiny", "small", "base")
-DEPTH = 12
-FIXED_BUDGET = ("topk", "random", "mean", "std", "evit_fuse", "tome")   # same token count for every clip
+from ..rules import (DEFAULT_DROP_LOC, FAMILIES, FIXED_BUDGET, MAX_DEPTH, MEL_BINS, PATCH, SIZES, is_drop_loc,
+                     is_keep_rate, is_patch_multiple, is_positive_int)
 
 
-def _positive_multiple_of_16(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of 16, got {text!r}") from None
-    if value <= 0 or value % 16:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of 16, got {value}")
-    return value
+def _checked(convert, valid, expected: str):
+    """An argparse ``type``: ``convert(text)``, then ``valid(value)``; either failing names what was expected."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not valid(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+    return parse
 
 
-def _keep_rate(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {value}")
-    return value
+_positive_multiple_of_16 = _checked(int, is_patch_multiple, f"a positive multiple of {PATCH}")
+_keep_rate = _checked(float, is_keep_rate, "a number in (0, 1]")
 
 
 def _drop_loc(text: str) -> tuple[int, ...]:
@@ -38,8 +31,9 @@ def _drop_loc(text: str) -> tuple[int, ...]:
         blocks = tuple(int(b) for b in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated block indices like 3,6,9, got {text!r}") from None
-    if any(not 0 <= b < DEPTH for b in blocks) or len(set(blocks)) != len(blocks):
-        raise argparse.ArgumentTypeError(f"expected distinct block indices in 0..{DEPTH - 1}, got {text!r}")
+    # Every size has MAX_DEPTH blocks today; count_macs checks the chosen size's depth again.
+    if not is_drop_loc(blocks, MAX_DEPTH):
+        raise argparse.ArgumentTypeError(f"expected distinct block indices in 0..{MAX_DEPTH - 1}, got {text!r}")
     return tuple(sorted(blocks))
 
 
@@ -48,7 +42,7 @@ def _positive_int(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if value <= 0:
+    if not is_positive_int(value):
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
 
@@ -59,12 +53,12 @@ def add_parser(subparsers) -> None:
         description="Analytic multiply-accumulates of one clip, from the tokens entering each block "
                     "(equal to torch's FlopCounterMode; bias adds, norms and softmax are not counted).")
     p.add_argument("--family", choices=FAMILIES, required=True)
-    p.add_argument("--size", choices=SIZES, required=True)
-    p.add_argument("--frames", type=_positive_multiple_of_16, required=True, help="fbank frames (multiple of 16)")
-    p.add_argument("--mel", type=_positive_multiple_of_16, default=128, help="mel bins (default 128)")
+    p.add_argument("--size", choices=tuple(SIZES), required=True)
+    p.add_argument("--frames", type=_positive_multiple_of_16, required=True, help=f"fbank frames (multiple of {PATCH})")
+    p.add_argument("--mel", type=_positive_multiple_of_16, default=MEL_BINS, help=f"mel bins (default {MEL_BINS})")
     p.add_argument("--keep-rate", type=_keep_rate, default=1.0,
                    help="share of patch tokens kept at each drop block (default 1.0: no pruning)")
-    p.add_argument("--drop-loc", type=_drop_loc, default=(3, 6, 9), help="drop blocks, e.g. 3,6,9 (default)")
+    p.add_argument("--drop-loc", type=_drop_loc, default=DEFAULT_DROP_LOC, help="drop blocks, e.g. 3,6,9 (default)")
     p.add_argument("--method", choices=FIXED_BUDGET, default="topk",
                    help="pruning method (intensity_range and adaptive keep a different count per clip: "
                         "count those from a forward pass)")
@@ -99,7 +93,7 @@ def run(args) -> int:
 
 
 def _table(r: dict) -> str:
-    n_patch = (r["frames"] // 16) * (r["mel"] // 16)
+    n_patch = (r["frames"] // PATCH) * (r["mel"] // PATCH)
     pruned = (f"{r['method']}, keep rate {r['keep_rate']:g} at blocks {','.join(map(str, r['drop_loc']))}"
               if r["keep_rate"] < 1.0 else "no pruning")
     lines = [f"{r['family']} {r['size']}: {r['frames']} frames x {r['mel']} mel = {n_patch} patch tokens, "

@@ -2,6 +2,8 @@
 Results go to stdout (JSON with --json), progress to stderr."""
 import json
 
+from ..rules import FAMILIES, PRECISIONS, SIZES, SPLITS, ZOO_PROFILES
+
 
 def _value(text):
     try:
@@ -29,12 +31,12 @@ def _drop_loc(text):
 
 def add_parser(subparsers):
     p = subparsers.add_parser("train", help="train a model (or find it in the cache); selection on val, then test once")
-    p.add_argument("--family", default="ast", choices=["ast", "audiomae"])
-    p.add_argument("--size", default="tiny", choices=["tiny", "small", "base"])
+    p.add_argument("--family", default="ast", choices=FAMILIES)
+    p.add_argument("--size", default="tiny", choices=tuple(SIZES))
     p.add_argument("--dataset", default="speechcommands",
                    help="urbansound8k | speechcommands | esc50 | synthetic (default: speechcommands)")
     p.add_argument("--protocol", nargs="*", metavar="KEY=VALUE", help="dataset protocol, e.g. test_fold=10")
-    p.add_argument("--profile", default=None, choices=["full", "long", "smoke"],
+    p.add_argument("--profile", default=None, choices=ZOO_PROFILES,
                    help="start from the zoo profile's settings for this family/dataset (then apply the flags)")
     p.add_argument("--pretrained", default=None, metavar="mae|mae:HASH|run:HASH",
                    help="mae: the zoo's MAE encoder (pretrained first if missing); run:HASH: another run's weights")
@@ -47,7 +49,7 @@ def add_parser(subparsers):
     for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "drop_path",
                  "prune_hold_epochs", "prune_shrink_epochs"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
-    p.add_argument("--precision", default=None, choices=["auto", "fp32", "bf16"])
+    p.add_argument("--precision", default=None, choices=PRECISIONS)
     p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
     p.epilog = "Unset flags take the TrainConfig defaults (tprune_core/train.py), or the zoo profile's with --profile."
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other TrainConfig field")
@@ -63,14 +65,14 @@ def add_parser(subparsers):
                    help="keep rate (default 0.5 with --method; without --method: the run's own method, topk for unpruned runs)")
     q.add_argument("--drop-loc", type=_drop_loc, default=(3, 6, 9))
     q.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="method options, e.g. mass=0.9")
-    q.add_argument("--split", default="test", choices=["train", "val", "test"])
+    q.add_argument("--split", default="test", choices=SPLITS)
     q.add_argument("--batch-size", type=int, default=128)
     q.add_argument("--device", default="cpu")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_eval)
 
     z = subparsers.add_parser("zoo", help="train (or find) the model zoo the book uses; prints the total time")
-    z.add_argument("--profile", default="full", choices=["full", "long", "smoke"])
+    z.add_argument("--profile", default="full", choices=ZOO_PROFILES)
     z.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     z.add_argument("--device", default="auto")
     z.add_argument("--list", action="store_true", help="only list the runs and which are built")
