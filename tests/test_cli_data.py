@@ -107,3 +107,18 @@ def test_check_names_a_missing_listed_file(capsys, tmp_path):
     (folder / "metadata.csv").write_text("file,label\nowl/c0.wav,owl\nwren/gone.wav,wren\n")
     code, out, err = run(capsys, "data", "check", str(folder))
     assert code == 2 and out == "" and str(folder / "wren" / "gone.wav") in err
+
+
+def test_train_and_eval_on_a_folder_path(capsys, tmp_cache, tmp_path, one_thread):
+    """`tprune train --dataset PATH` and `tprune eval` reach the folder through TrainConfig.dataset."""
+    folder = make_class_folders(tmp_path, per_class=6)
+    code, out, _ = run(capsys, "train", "--dataset", str(folder), "--frames", "32", "--epochs", "1",
+                       "--batch-size", "4", "--threads", "1", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["config"]["dataset"] == str(folder)
+    assert summary["classes"] == ["crow", "owl", "wren"] and summary["test"]["n_clips"] == 3
+    code, out, _ = run(capsys, "eval", "--checkpoint", summary["hash"], "--method", "topk", "--keep-rate", "0.5",
+                       "--split", "val", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["dataset"] == str(folder) and result["n_clips"] == 3 and result["keep_rate"] == 0.5
+    assert sorted(p.name.split("-")[1] for p in (tmp_cache / "features").glob("birds-*.pt")) == ["test", "train", "val"]
