@@ -119,3 +119,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def make_class_folders(root: Path, name="birds", classes=("wren", "owl", "crow"), per_class=6) -> Path:
+    """<root>/<name>/<label>/c<k>.{wav,flac,ogg}: mixed formats, 16/8/44.1 kHz, mono and stereo, 0.3-0.8 s."""
+    import numpy as np
+    import soundfile as sf
+    folder = root / name
+    for i, label in enumerate(classes):
+        (folder / label).mkdir(parents=True)
+        for k in range(per_class):
+            sr, ext = [(16000, "wav"), (8000, "flac"), (44100, "ogg")][k % 3]
+            t = np.arange(int(sr * (0.3 + 0.1 * (k % 6)))) / sr
+            x = 0.3 * np.sin(2 * np.pi * (300 + 250 * i) * t)
+            sf.write(str(folder / label / f"c{k}.{ext}"), np.stack([x, 0.5 * x], 1) if k % 2 else x, sr)
+    return folder
+
+
+def make_voxceleb1(root: Path, speakers=3, videos=3, utterances=2, seconds=0.5) -> Path:
+    """VoxCeleb1/wav/<id1000k>/<video>/<n>.wav + iden_split.txt: per speaker, video 0 -> test, 1 -> val, rest train."""
+    folder = root / "VoxCeleb1"
+    lines = []
+    for s in range(speakers):
+        for v in range(videos):
+            for n in range(1, utterances + 1):
+                rel = f"id{10001 + s}/vid{s}x{v}/{n:05d}.wav"
+                (folder / "wav" / rel).parent.mkdir(parents=True, exist_ok=True)
+                write_tone(folder / "wav" / rel, seconds=seconds + 0.25 * n, freq=200 + 150 * s)
+                lines.append(f"{3 if v == 0 else 2 if v == 1 else 1} {rel}")
+    (folder / "iden_split.txt").write_text("\n".join(lines) + "\n")
+    return folder

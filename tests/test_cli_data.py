@@ -2,8 +2,11 @@
 import json
 import socket
 
+import numpy as np
 import pytest
+import soundfile as sf
 
+from conftest import make_class_folders
 from tprune_core.cli import main
 from tprune_core.datasets import load_dataset
 
@@ -70,3 +73,52 @@ def test_fetch_unreachable_url_fails_cleanly(capsys, tmp_path):
     code, out, err = run(capsys, "data", "fetch", "esc50", "--to", str(tmp_path / "d"),
                          "--url", f"http://127.0.0.1:{port}/none.zip")
     assert code == 2 and "download failed" in err and out == ""
+
+
+# ------------------------------------------------------------------ folders of audio
+
+def test_folder_dataset_listed_checked_and_featurized(capsys, tmp_cache, tmp_path, monkeypatch):
+    folder = make_class_folders(tmp_path / "data")
+    monkeypatch.setenv("TPRUNE_DATA", str(folder.parent))
+    code, out, _ = run(capsys, "data", "list", "--json")
+    entry = next(e for e in json.loads(out) if e["name"] == "birds")
+    assert code == 0 and entry["path"] == str(folder) and entry["layout"] == "classes"
+    assert entry["clips"] == 18 and entry["class_names"] == ["crow", "owl", "wren"]
+    code, out, _ = run(capsys, "data", "list")
+    assert code == 0 and f"{folder}  [train=12 val=3 test=3]" in out and "metadata.csv with columns" in out
+    code, out, _ = run(capsys, "data", "check", "birds")
+    assert code == 0 and "read 18 of 18 files" in out and "0 problem(s)" in out and "median of 18 clips" in out
+    code, out, _ = run(capsys, "data", "featurize", str(folder), "--split", "train")
+    assert code == 0 and "12 clips x 64 frames x 128 mel" in out
+
+
+def test_check_lists_every_failing_file(capsys, tmp_path):
+    folder = make_class_folders(tmp_path)
+    tiny, junk = folder / "owl" / "tiny.wav", folder / "crow" / "junk.wav"
+    sf.write(str(tiny), np.array([0.1]), 16000)        # reads fine, but is shorter than one fbank window
+    junk.write_bytes(b"\x00garbage" * 20)
+    code, out, _ = run(capsys, "data", "check", str(folder))
+    assert code == 1 and "2 problem(s)" in out and "read 18 of 20 files" in out
+    assert f"problem: {tiny}: 1 samples" in out and f"problem: {junk}: not an audio file" in out
+
+
+def test_check_names_a_missing_listed_file(capsys, tmp_path):
+    folder = make_class_folders(tmp_path)
+    (folder / "metadata.csv").write_text("file,label\nowl/c0.wav,owl\nwren/gone.wav,wren\n")
+    code, out, err = run(capsys, "data", "check", str(folder))
+    assert code == 2 and out == "" and str(folder / "wren" / "gone.wav") in err
+
+
+def test_train_and_eval_on_a_folder_path(capsys, tmp_cache, tmp_path, one_thread):
+    """`tprune train --dataset PATH` and `tprune eval` reach the folder through TrainConfig.dataset."""
+    folder = make_class_folders(tmp_path, per_class=6)
+    code, out, _ = run(capsys, "train", "--dataset", str(folder), "--frames", "32", "--epochs", "1",
+                       "--batch-size", "4", "--threads", "1", "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["config"]["dataset"] == str(folder)
+    assert summary["classes"] == ["crow", "owl", "wren"] and summary["test"]["n_clips"] == 3
+    code, out, _ = run(capsys, "eval", "--checkpoint", summary["hash"], "--method", "topk", "--keep-rate", "0.5",
+                       "--split", "val", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["dataset"] == str(folder) and result["n_clips"] == 3 and result["keep_rate"] == 0.5
+    assert sorted(p.name.split("-")[1] for p in (tmp_cache / "features").glob("birds-*.pt")) == ["test", "train", "val"]

@@ -6,7 +6,8 @@ On disk (float16, under `$TPRUNE_CACHE/features`, default `<repo>/.cache/tprune/
 *un-normalized* padded/cropped fbank of one split plus the sum and sum of squares of its clips' real (unpadded)
 frames. Its name carries a hash of everything that changes those numbers: dataset name, protocol, split, clip ids,
 labels, groups, each file's name, size and mtime (the generator version for synthetic data), sample rate, mel bins,
-frames, the fbank settings and CODE_VERSION. Normalization is applied when loading, from the training split's cached
+frames, the fbank settings and CODE_VERSION; for a folder dataset (tprune_core.folders) also the folder's resolved
+path, so two folders never share a file and adding, removing or editing a clip changes the key. Normalization is applied when loading, from the training split's cached
 statistics (norm="train"), a published pair (a NORM_STATS name) or an explicit (mean, std), so changing it never
 returns stale numbers either.
 """
@@ -14,8 +15,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,8 +26,9 @@ import torch
 from tqdm import tqdm
 
 from .datasets import REPO, ClipSet, load_dataset
-from .errors import AudioError, ConfigError, DatasetError, TpruneError
+from .errors import AudioError, ConfigError, DatasetError
 from .features import FeatureConfig, fbank, normalize, pad_or_crop, resolve_norm
+from .folders import LAYOUTS as FOLDER_LAYOUTS
 from .fsio import atomic_write
 from .rules import ON_ERROR
 
@@ -86,8 +90,11 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
     key = dict(version=CODE_VERSION, dataset=clips.name, source=clips.source, split=clips.split,
                protocol=clips.protocol, files=clips.signature(), sample_rate=sample_rate, mel_bins=mel_bins,
                frames=frames, fbank=FBANK)
+    if clips.layout in FOLDER_LAYOUTS:
+        key["folder"] = clips.root
     digest = _digest(key)
-    path = cache_root() / "features" / f"{clips.name}-{clips.split}-{frames}x{mel_bins}-{digest[:20]}.pt"
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", clips.name)
+    path = cache_root() / "features" / f"{stem}-{clips.split}-{frames}x{mel_bins}-{digest[:20]}.pt"
     data, hit = None, False
     if path.is_file():
         try:
@@ -96,14 +103,8 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
         except Exception as exc:  # a damaged cache file is recomputed, not trusted
             warnings.warn(f"{path}: unreadable feature cache ({exc}); featurizing again")
     if not hit:
-        # One clip's fbank is far too small to split across threads: with several threads and a busy machine
-        # it ran 100x slower (spin-waiting workers), so featurize single-threaded and restore the setting.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+        with one_thread():
             data = _compute(clips, frames, mel_bins, sample_rate, on_error, progress)
-        finally:
-            torch.set_num_threads(threads)
         data["digest"] = digest
         atomic_write(path, lambda f: torch.save(data, f))   # readers never see half a file
     skipped = [tuple(s) for s in data["skipped"]]
@@ -121,6 +122,37 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
                       stats=_stats(*data["moments"]), skipped=skipped, path=path, from_cache=hit)
 
 
+@contextmanager
+def one_thread():
+    """One clip's fbank is far too small to split across threads: with several threads and a busy machine it ran
+    100x slower (spin-waiting workers), so featurize single-threaded and restore the setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def clip_fbank(clips: ClipSet, i: int, sample_rate: int = 16000, mel_bins: int = 128) -> tuple[torch.Tensor, int]:
+    """(fbank, samples) of clip `i`. Every failure, whatever raised it (soundfile, resampling, kaldi), is an
+    AudioError naming the file: unreadable, shorter than one 25 ms window, NaN/inf samples or features."""
+    path = clips[i].path
+    try:
+        wave = clips.load(i, sample_rate)
+        if wave.numel() < sample_rate * 0.025:
+            raise AudioError(path, f"{wave.numel()} samples at {sample_rate} Hz is shorter than one 25 ms "
+                                   f"fbank window; expected at least {int(sample_rate * 0.025)}")
+        fb = fbank(wave, sample_rate, mel_bins)
+    except AudioError:
+        raise
+    except Exception as exc:  # a bare torch / soundfile / numpy error would not say which file
+        raise AudioError(path, f"featurizing failed: {type(exc).__name__}: {exc}") from exc
+    if not torch.isfinite(fb).all():
+        raise AudioError(path, "the fbank holds NaN or infinite values; expected finite features")
+    return fb, wave.numel()
+
+
 def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
     x = torch.empty(len(clips), frames, mel_bins, dtype=torch.float16)
     keep, lengths, skipped = [], [], []
@@ -130,15 +162,11 @@ def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
     for i in bar:
         clip = clips[i]
         try:
-            wave = clips.load(i, sample_rate)
-            if wave.numel() < sample_rate * 0.025:
-                raise AudioError(clip.path, f"{wave.numel()} samples at {sample_rate} Hz is shorter than one 25 ms "
-                                            f"fbank window; expected at least {int(sample_rate * 0.025)}")
-            fb = fbank(wave, sample_rate, mel_bins)
-        except TpruneError as exc:
+            fb, _ = clip_fbank(clips, i, sample_rate, mel_bins)
+        except AudioError as exc:
             if on_error == "raise":
                 raise
-            skipped.append((clip.clip_id, clip.path, getattr(exc, "problem", str(exc))))
+            skipped.append((clip.clip_id, clip.path, exc.problem))
             continue
         f64 = fb.double()
         total, sq, count = total + f64.sum().item(), sq + (f64 * f64).sum().item(), count + f64.numel()

@@ -20,6 +20,11 @@ The builders assert it. Protocols (defaults in brackets):
   are trained from the test copy's training speakers only, so the pooled training set is unbalanced.
   `_background_noise_` (the benchmark's `_silence_` class) is not used.
 - esc50: test = fold `test_fold` [5], val = fold `val_fold` [4], train = the other three folds.
+- voxceleb1: speaker identification, the official iden_split.txt (1 train, 2 val, 3 test); classes = the sorted
+  speaker ids; each utterance cut to its first `seconds` [4.0] (tprune_core.folders).
+- any other folder (a path, or a folder name under `root` / $TPRUNE_DATA): class folders, pre-split folders or a
+  metadata.csv; classes = the sorted labels; given splits, else `fractions` [(0.7, 0.15, 0.15)] by group or clip
+  with `seed` [0]; default length `seconds` [median clip length]. See tprune_core.folders.
 - synthetic: generated in memory, deterministic per `seed` [0]; `flavour` "speech" (one short event on near-silence,
   1 s clips) or "ambient" (dense 4 s scenes); 10 classes told apart by time-frequency structure. `per_class` [100]
   sources each emit one clip of every class; sources are split 70/15/15 into train/val/test.
@@ -27,7 +32,8 @@ The builders assert it. Protocols (defaults in brackets):
   ambient / speech — with a `SyntheticDataWarning` and `source == "synthetic"` on the result, never silently.
 
 Data are found under `root` (the dataset folder or a folder holding it), else under `$TPRUNE_DATA`, as one of the
-folder names in FOLDERS (or any sub-folder whose layout matches).
+folder names in FOLDERS (or any sub-folder whose layout matches). A path to a folder in a built-in layout loads as
+that dataset.
 """
 import csv
 import inspect
@@ -40,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConfigError, DatasetError
+from .errors import ConfigError, DatasetError, TpruneError
 from .rules import DATA_SPLITS as SPLITS
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3"}
@@ -49,6 +55,7 @@ FOLDERS = {  # folder names looked for under $TPRUNE_DATA (or a root that holds 
     "urbansound8k": ["urbansound8k", "UrbanSound8K"],
     "speechcommands": ["speechcommands-test-v0.02", "speech_commands_v0.02", "speechcommands", "SpeechCommands"],
     "esc50": ["ESC-50", "esc50", "ESC-50-master"],
+    "voxceleb1": ["voxceleb1", "VoxCeleb1", "vox1"],
 }
 # Extra Speech Commands training speakers (v0.01 clips, no speaker of the v0.02 test list), beside the test copy.
 SPEECH_EXTRA_FOLDERS = ["speechcommands-extra-v0.01"]
@@ -59,6 +66,7 @@ LAYOUTS = {
                        "shared test set: yes/ no/ up/ down/ left/ right/ on/ off/ stop/ go/ _unknown_/ "
                        "with audio files"],
     "esc50": ["official: audio/*.wav + meta/esc50.csv"],
+    "voxceleb1": ["official: wav/<speaker>/<video>/<n>.wav + iden_split.txt"],
 }
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 DEFAULTS = {"ambient": "urbansound8k", "speech": "speechcommands"}
@@ -174,12 +182,19 @@ def _detect(name: str, folder: Path) -> str | None:
     elif name == "esc50":
         if (folder / "meta" / "esc50.csv").is_file() and (folder / "audio").is_dir():
             return "official"
+    elif name == "voxceleb1":
+        if (folder / "iden_split.txt").is_file() and (folder / "wav").is_dir():
+            return "official"
     return None
 
 
 def _expected(names=None) -> str:
-    names = names or list(LAYOUTS)
-    return "; ".join(f"{n}: " + " | ".join(LAYOUTS[n]) for n in names)
+    """The layouts of `names`; by default every built-in one and the folder layouts."""
+    text = "; ".join(f"{n}: " + " | ".join(LAYOUTS[n]) for n in names or LAYOUTS)
+    if names is None:
+        from .folders import expected
+        text += f"; or any folder of audio, as {expected()}"
+    return text
 
 
 def detect_layout(folder) -> tuple[str, str]:
@@ -192,6 +207,19 @@ def detect_layout(folder) -> tuple[str, str]:
         if layout:
             return name, layout
     raise DatasetError(f"{folder}: matches no known dataset layout; expected {_expected()}")
+
+
+def _identify(folder: Path) -> tuple:
+    """(name, layout, builder) of a dataset folder: a built-in layout first, else a folder layout."""
+    from . import folders
+    for name in BUILDERS:
+        layout = _detect(name, folder)
+        if layout:
+            return name, layout, BUILDERS[name]
+    layout = folders.detect(folder)
+    if layout is None:
+        raise folders.no_layout_error(folder, _expected())
+    return folder.name, layout, folders.build
 
 
 def _candidates(name: str, base: Path) -> list[Path]:
@@ -282,9 +310,11 @@ def _find_audio(path: Path) -> Path | None:
 
 
 def _read_csv(path: Path, columns: set) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = columns - set(rows[0] if rows else ())
+    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's byte-order mark
+        reader = csv.DictReader(f)
+        reader.fieldnames = [c.strip() for c in reader.fieldnames or ()]
+        rows = list(reader)
+    missing = columns - set(reader.fieldnames)
     if missing:
         raise DatasetError(f"{path}: missing columns {sorted(missing)}; expected at least {sorted(columns)}")
     return rows
@@ -486,11 +516,18 @@ def _esc50(folder: Path, layout: str, test_fold=5, val_fold=4):
     return classes, splits, protocol, 5.0
 
 
-BUILDERS = {"urbansound8k": _urbansound8k, "speechcommands": _speechcommands, "esc50": _esc50}
+def _voxceleb1(folder: Path, layout: str, seconds=4.0):
+    from .folders import voxceleb1
+    return voxceleb1(folder, seconds)
 
 
-def _build(name, folder, layout, split, protocol) -> ClipSet:
-    builder = BUILDERS[name]
+BUILDERS = {"urbansound8k": _urbansound8k, "speechcommands": _speechcommands, "esc50": _esc50,
+            "voxceleb1": _voxceleb1}
+
+
+def _splits(name, folder, layout, protocol, builder=None) -> tuple:
+    """(classes, splits, protocol, seconds) from `builder` (default BUILDERS[name]), every split non-empty."""
+    builder = builder or BUILDERS[name]
     allowed = [k for k in inspect.signature(builder).parameters if k not in ("folder", "layout")]
     unknown = [k for k in protocol if k not in allowed]
     if unknown:
@@ -500,22 +537,36 @@ def _build(name, folder, layout, split, protocol) -> ClipSet:
     if empty:
         raise DatasetError(f"{folder}: the {name} protocol {proto} leaves split(s) {empty} empty; "
                            f"expected clips in train, val and test")
+    return classes, splits, proto, seconds
+
+
+def _build(name, folder, layout, split, protocol, builder=None) -> ClipSet:
+    classes, splits, proto, seconds = _splits(name, folder, layout, protocol, builder)
     clips = [c for p in ("train", "val", "test") for c in splits[p]] if split == "all" else splits[split]
     return ClipSet(name, split, str(folder), classes, clips, proto, layout, "real", seconds)
 
 
-def load_dataset(name: str, root=None, split: str = "train", **protocol) -> ClipSet:
-    """Clips of one split of a dataset; see the module docstring for names, layouts and protocols."""
+def load_dataset(name, root=None, split: str = "train", **protocol) -> ClipSet:
+    """Clips of one split of a dataset; see the module docstring for names, layouts and protocols. `name` may
+    also be a folder: a path, or the name of a folder in `root` / $TPRUNE_DATA (see tprune_core.folders)."""
     if split not in SPLITS:
         raise ConfigError(f"split={split!r}: expected one of {SPLITS}")
+    name = os.fspath(name)
     if name == "default" or name.startswith("default:"):
         return _load_default(name, root, split, protocol)
     if name == "synthetic":
         return synthetic(split, **protocol)
-    if name not in BUILDERS:
-        raise ConfigError(f"dataset {name!r}: expected one of {sorted(BUILDERS) + ['synthetic', 'default']}")
-    folder, layout = locate(name, root)
-    return _build(name, folder, layout, split, protocol)
+    if name in BUILDERS:
+        folder, layout = locate(name, root)
+        return _build(name, folder, layout, split, protocol)
+    from .folders import find
+    folder = find(name, root)
+    if folder is None:
+        where = f"root={root}" if root is not None else f"TPRUNE_DATA={data_root()}"
+        raise ConfigError(f"dataset {name!r}: expected one of {sorted(BUILDERS) + ['synthetic', 'default']}, "
+                          f"a path to a dataset folder, or the name of one in {where}")
+    name, layout, builder = _identify(folder)
+    return _build(name, folder, layout, split, protocol, builder)
 
 
 def _load_default(name, root, split, protocol) -> ClipSet:
@@ -549,24 +600,47 @@ def find_datasets(root=None) -> list[dict]:
         entry = dict(name=name, path=None, found=False, source="real", layout=None, clips=0, classes=0)
         try:
             folder, layout = locate(name, base) if base is not None else locate(name)
-            sets = {s: _build(name, folder, layout, s, {}) for s in ("train", "val", "test")}
+            entry.update(_summary(folder, layout, *_splits(name, folder, layout, {})))
         except DatasetError as exc:
             entry["problem"] = str(exc)
-        else:
-            allc = [c for s in sets.values() for c in s.clips]
-            entry.update(path=str(folder), found=True, layout=layout, clips=len(allc),
-                         classes=len(sets["test"].classes), class_names=sets["test"].classes, splits={s: len(v) for s, v in sets.items()},
-                         protocol=sets["test"].protocol, seconds=sets["test"].seconds)
         out.append(entry)
+    if base is not None and base.is_dir():
+        out += _folder_entries(base)
     if root is not None and not any(e["found"] for e in out):
         raise DatasetError(f"root={base}: no known dataset in this folder or its sub-folders; expected {_expected()}")
     for flavour in SYNTH_FLAVOURS:
         sets = {s: synthetic(s, flavour=flavour) for s in ("train", "val", "test")}
-        out.append(dict(name="synthetic", flavour=flavour, path=f"synthetic://{flavour}", found=True,
-                        source="synthetic", layout="generated", clips=sum(len(v) for v in sets.values()),
-                        classes=len(sets["test"].classes), class_names=sets["test"].classes,
-                        splits={s: len(v) for s, v in sets.items()}, protocol=sets["test"].protocol,
-                        seconds=sets["test"].seconds))
+        test = sets["test"]
+        out.append(dict(name="synthetic", flavour=flavour, source="synthetic",
+                        **_summary(f"synthetic://{flavour}", "generated", test.classes, sets, test.protocol,
+                                   test.seconds)))
+    return out
+
+
+def _summary(folder, layout, classes, splits, protocol, seconds) -> dict:
+    return dict(path=str(folder), found=True, layout=layout, clips=sum(len(v) for v in splits.values()),
+                classes=len(classes), class_names=classes, splits={s: len(v) for s, v in splits.items()},
+                protocol=protocol, seconds=seconds)
+
+
+def _folder_entries(base: Path) -> list[dict]:
+    """find_datasets entries of the folder datasets in `base` (or `base` itself), under their folder names.
+    Folders a built-in dataset claims are left out: its own folders and the extra Speech Commands speakers."""
+    from . import folders
+    if any(_detect(name, base) for name in BUILDERS):
+        return []
+    out = []
+    for folder in folders.candidates(base):
+        if folder.name in SPEECH_EXTRA_FOLDERS or any(_detect(name, folder) for name in BUILDERS):
+            continue
+        layout = folders.detect(folder)
+        entry = dict(name=folder.name, path=str(folder), found=False, source="real", layout=layout, clips=0,
+                     classes=0)
+        try:
+            entry.update(_summary(folder, layout, *_splits(folder.name, folder, layout, {}, folders.build)))
+        except TpruneError as exc:
+            entry["problem"] = str(exc)
+        out.append(entry)
     return out
 
 

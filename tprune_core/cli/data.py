@@ -15,8 +15,9 @@ def add_parser(subparsers):
     q.add_argument("--json", action="store_true", help="print a JSON list of {name, path, clips, classes, ...}")
     q.set_defaults(func=cmd_list)
 
-    q = sub.add_parser("check", help="read every file of a dataset and report problems (exit 1 if any)")
-    q.add_argument("name", help="urbansound8k | speechcommands | esc50 | synthetic | default[:speech]")
+    q = sub.add_parser("check", help="read and featurize every file of a dataset, list every problem (exit 1 if any)")
+    q.add_argument("name", help="urbansound8k | speechcommands | esc50 | voxceleb1 | synthetic | default[:speech], "
+                                "or a dataset folder (a path, or a folder name under $TPRUNE_DATA)")
     q.add_argument("--root", help="dataset folder or a folder holding it (default: $TPRUNE_DATA)")
     q.set_defaults(func=cmd_check)
 
@@ -28,7 +29,7 @@ def add_parser(subparsers):
     q.set_defaults(func=cmd_fetch)
 
     q = sub.add_parser("featurize", help="fill the feature cache for a dataset split")
-    q.add_argument("name")
+    q.add_argument("name", help="a dataset name or folder, as for check")
     q.add_argument("--root")
     q.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
     q.add_argument("--frames", type=int, help="frames per clip (default: a full clip, rounded up to 16)")
@@ -50,8 +51,12 @@ def cmd_list(args):
             splits = " ".join(f"{k}={v}" for k, v in e["splits"].items())
             print(f"{name:22s} {e['clips']:6d} clips {e['classes']:3d} classes  {e['layout']:9s} "
                   f"{e['path']}  [{splits}]")
+        elif e["path"]:
+            print(f"{name:22s} unusable: {e['problem']}")
         else:
             print(f"{name:22s} not found ({e['problem']})")
+    from ..folders import expected
+    print(f"any other folder: tprune data check PATH, with {expected()}")
     return 0
 
 
@@ -59,15 +64,17 @@ def cmd_check(args):
     import numpy as np
     from tqdm.auto import tqdm
 
+    from ..cache import clip_fbank, one_thread
     from ..datasets import load_dataset
-    from ..errors import TpruneError
+    from ..errors import AudioError
     clips = load_dataset(args.name, args.root, "all")
     problems, seconds = [], []
-    for i in tqdm(range(len(clips)), desc=f"checking {clips.name}", unit="file", file=sys.stderr):
-        try:
-            seconds.append(clips.load(i).numel() / 16000)
-        except TpruneError as exc:
-            problems.append(str(exc))
+    with one_thread():
+        for i in tqdm(range(len(clips)), desc=f"checking {clips.name}", unit="file", file=sys.stderr):
+            try:  # the featurizer's own path: a file passes only if it can be featurized
+                seconds.append(clip_fbank(clips, i)[1] / 16000)
+            except AudioError as exc:
+                problems.append(str(exc))
     print(clips.describe())
     if seconds:
         print(f"read {len(seconds)} of {len(clips)} files; duration {min(seconds):.2f}-{max(seconds):.2f} s "
