@@ -19,6 +19,7 @@ from tprune_core import train as T
 from tprune_core.errors import CheckpointError, ConfigError
 from tprune_core.models import create_model
 from tprune_core.pruning import is_pruned, settings
+from tprune_core.runtime import run_dir_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,14 +65,6 @@ def test_keep_rate_schedule_rejects_bad_input():
         T.keep_rate_schedule(11, 10, 0.5, 1, 1)
 
 
-def test_lr_schedule_warmup_then_cosine():
-    lrs = [T.lr_at(s, 100, 10, 1e-3, 1e-5) for s in range(100)]
-    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert max(lrs) == pytest.approx(1e-3)
-    assert lrs[55] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
-    assert lrs[-1] < 2e-5 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-
-
 def test_config_hash_ignores_operational_fields_only():
     a = tiny_cfg()
     assert a.hash() == tiny_cfg(threads=2, ckpt_every=7, progress=True, device="cpu").hash()
@@ -89,11 +82,11 @@ def test_config_hash_ignores_operational_fields_only():
 
 def test_tiny_model_trains_and_loss_falls(tmp_cache):
     cfg = tiny_cfg(epochs=3)
-    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), T.run_dir_for(cfg))
+    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), run_dir_for(cfg))
     losses = [h["train_loss"] for h in s["history"]]
     assert losses[-1] < 0.5 * losses[0], losses
     assert s["val_accuracy"] > 0.8                 # 3 classes: chance is 1/3
-    run = T.run_dir_for(cfg)
+    run = run_dir_for(cfg)
     assert {"best.pt", "log.json", "train.json", "config.json"} <= {p.name for p in run.iterdir()}
     assert not (run / "state.pt").exists()         # resume state removed once done
     model, meta = T.load_checkpoint(run)
@@ -108,7 +101,7 @@ def test_pruning_aware_finetune_steps_keep_rate_every_iteration(tmp_cache, monke
     monkeypatch.setattr(pruning, "set_keep_rate", lambda m, k: (calls.append(k), real(m, k)))
     cfg = tiny_cfg(prune_method="topk", keep_rate=0.5, epochs=3, prune_hold_epochs=1, prune_shrink_epochs=1,
                    batch_size=16)
-    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), T.run_dir_for(cfg))
+    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), run_dir_for(cfg))
     spe, total = 4, 12
     expected = [T.keep_rate_schedule(i, total, 0.5, spe, spe) for i in range(total)]
     train_calls = [k for i, k in enumerate(calls) if (i + 1) % (spe + 1)]   # every 5th call: validation at target
@@ -241,7 +234,7 @@ def test_model_selection_never_reads_test_split(tmp_cache, fake_features, monkey
 
 def test_test_split_refused_before_training_finishes(tmp_cache, fake_features):
     cfg = tiny_cfg(dataset="synthetic")
-    run = T.run_dir_for(cfg)
+    run = run_dir_for(cfg)
     run.mkdir(parents=True)
     with pytest.raises(CheckpointError, match="not finished"):
         T.test_run(run)
@@ -342,33 +335,3 @@ def test_evaluate_counts_clips_left_without_patch_tokens():
     kept_all = T.evaluate(model, data, "intensity_range", 1.0, (0,), options={"lo": -1e9, "hi": 1e9})
     assert kept_all["n_empty"] == 0
     assert out["gmacs_per_clip"] < kept_all["gmacs_per_clip"]
-
-
-def _grads(model, x, y):
-    model.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
-def test_training_attention_is_explicit_on_cpu_same_gradients_and_restored():
-    torch.manual_seed(0)
-    model = create_model("audiomae", "tiny", 32, 4, depth=2).train()
-    x, y = torch.randn(3, 32, 128), torch.tensor([0, 1, 3])
-    fused = _grads(model, x, y)
-    with T.training_attention(model, torch.device("cpu")):
-        assert [b.attn.fused_attn for b in model.blocks] == [False, False]
-        explicit = _grads(model, x, y)
-    assert [b.attn.fused_attn for b in model.blocks] == [True, True]
-    assert torch.allclose(fused, explicit, atol=1e-5, rtol=1e-4)
-    # Restored even when training fails; other devices keep the fused path.
-    with pytest.raises(RuntimeError), T.training_attention(model, torch.device("cpu")):
-        raise RuntimeError("boom")
-    assert all(b.attn.fused_attn for b in model.blocks)
-    with T.training_attention(model, torch.device("cuda")):
-        assert all(b.attn.fused_attn for b in model.blocks)
-
-
-def test_optimizer_is_fused_adamw():
-    model = create_model("ast", "tiny", 32, 4, depth=1)
-    opt = T.adamw(T.param_groups(model, 0.05), lr=1e-3, betas=(0.9, 0.999))
-    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True

@@ -36,9 +36,10 @@ from timm.models.vision_transformer import Block
 
 from .errors import CheckpointError, ConfigError
 from .models import PATCH, SIZES, create_model, patch_grid, patch_pixels
-from .train import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
-                    optimizer_step, param_groups, read_json, resolve_device, resume_state, rng_state, save_atomic,
-                    training_attention, zoo_root)
+from .runtime import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
+                      optimizer_step, param_groups, read_json, resolve_device, rng_state, save_atomic,
+                      training_attention, zoo_root)
+from .train import resume_state
 
 
 @dataclass

@@ -25,13 +25,8 @@ trained with. Validation (and so selection) uses the target keep rate at every e
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -41,11 +36,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import CheckpointError, ConfigError
-from .models import FAMILIES, PATCH, SIZES, create_model, explicit_attention
-
-TRAIN_VERSION = 2   # bump when the training code changes its numbers in a way the config does not show
-# Fields that only change how a run is executed, never its numbers: left out of the hash.
-OPERATIONAL = ("device", "threads", "ckpt_every", "eval_batch_size", "progress")
+from .models import FAMILIES, PATCH, SIZES, create_model
+from .runtime import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
+                      optimizer_step, param_groups, read_json, resolve_device, rng_state, run_dir_for, save_atomic,
+                      set_rng_state, training_attention, weights_digest, zoo_root)
+# Moved to runtime, still importable from here (as read_json, zoo_root, config_hash, ... above).
+from .runtime import OPERATIONAL  # noqa: F401
 
 
 @dataclass
@@ -146,77 +142,7 @@ def validate(cfg: TrainConfig):
         need(cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
 
 
-def config_hash(cfg) -> str:
-    """12 hex digits of sha256 over every field that changes a run's numbers (and the code version)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL}
-    d["_kind"], d["_version"] = type(cfg).__name__, TRAIN_VERSION
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-# ---------------------------------------------------------------------------------------------- files and folders
-
-def zoo_root() -> Path:
-    from .cache import cache_root
-    return cache_root() / "zoo"
-
-
-def run_dir_for(cfg) -> Path:
-    return zoo_root() / cfg.hash()
-
-
-def save_atomic(obj, path: Path):
-    """torch.save / JSON to a temporary file in the same folder, fsync, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".json":
-                f.write(json.dumps(obj, indent=1, default=str).encode())
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read JSON ({exc})") from exc
-
-
-def load_torch(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a damaged or foreign file: say which
-        raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from exc
-
-
-def weights_digest(model) -> str:
-    """sha256 of every tensor of the state_dict (names and bytes): a fingerprint to compare runs bit for bit."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- schedules
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float = 0.0) -> float:
-    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then a cosine down to ``min_lr`` at ``total_steps``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / span)
-    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-
 
 def keep_rate_schedule(step: int, total_steps: int, target: float, hold_steps: int, shrink_steps: int) -> float:
     """Keep rate at iteration ``step``: 1.0 for ``hold_steps``, a cosine from 1.0 to ``target`` over
@@ -271,59 +197,6 @@ class SpecAugment(torch.nn.Module):
         return spec.squeeze(1).transpose(1, 2)
 
 
-# ---------------------------------------------------------------------------------------------- devices
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r}: CUDA is not available on this machine")
-    return dev
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA by default (no loss scaler needed), on CPU only when asked for."""
-    use = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def deterministic(device: torch.device):
-    """Deterministic kernels on CPU (cheap there); on CUDA they would need CUBLAS_WORKSPACE_CONFIG and cost speed."""
-    old = torch.are_deterministic_algorithms_enabled()
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(old)
-
-
-def rng_state(device: torch.device) -> dict:
-    s = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        s["cuda"] = torch.cuda.get_rng_state(device)
-    return s
-
-
-def set_rng_state(state: dict, device: torch.device):
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 # ---------------------------------------------------------------------------------------------- models
 
 def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
@@ -337,30 +210,6 @@ def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
     opt.load_state_dict(st["optimizer"])
     set_rng_state(st["rng"], device)
     return st
-
-
-def adamw(groups, lr: float, betas: tuple) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (CPU and CUDA). On 2 CPU cores the default per-parameter loop took 40 ms of a
-    330 ms ViT-tiny step (batch 32, 49 tokens), the fused kernel 12 ms."""
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-
-
-def training_attention(module, device: torch.device):
-    """Explicit (matmul + softmax) attention in every block while training on CPU, timm's fused path otherwise.
-
-    PyTorch's CPU flash-attention backward is slow for short sequences: 7 ms per block for ViT-tiny at batch 32 and
-    49 tokens, a quarter of the training step; the explicit path makes the step ~20% faster. Evaluation keeps the
-    fused path (its forward is fine)."""
-    return explicit_attention(module) if device.type == "cpu" else contextlib.nullcontext()
-
-
-def optimizer_step(loss, module, opt, grad_clip: float):
-    """One update: backward, optional gradient-norm clipping, step (shared by supervised and MAE training)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    opt.step()
 
 
 def build_model(cfg: TrainConfig, num_classes: int):
@@ -382,17 +231,6 @@ def build_model(cfg: TrainConfig, num_classes: int):
             raise CheckpointError(f"init={cfg.init}: parent has {len(parent['classes'])} classes, data has {num_classes}")
         model.load_state_dict(parent["model"])
     return model
-
-
-def param_groups(model, weight_decay: float) -> list:
-    """No weight decay on biases, norms, position embeddings and prefix tokens (as DeiT/MAE)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or name in ("pos_embed", "cls_token", "reg_token") or name.endswith("_token")
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _best_path(path) -> Path:

@@ -80,7 +80,8 @@ def add_parser(subparsers):
 
 def cmd_train(args):
     from ..errors import ConfigError
-    from ..train import TrainConfig, run, train_run, read_json
+    from ..runtime import read_json
+    from ..train import TrainConfig, run, train_run
     from .. import zoo as zoo_mod
 
     kw = {}
