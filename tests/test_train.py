@@ -1,4 +1,4 @@
-"""Training loop, schedules, resumability after SIGKILL, evaluation and the test-split discipline.
+"""Supervised training: config, keep-rate schedule, resumability after SIGKILL and the test-split discipline.
 
 Everything runs on small in-memory tensor datasets (no audio): 12-block ViT-tiny on 32-frame inputs (16 patches).
 """
@@ -9,30 +9,19 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import toy_set
 from tprune_core import train as T
 from tprune_core.errors import CheckpointError, ConfigError
+from tprune_core.evaluation import evaluate
 from tprune_core.models import create_model
-from tprune_core.pruning import is_pruned, settings
 from tprune_core.runtime import run_dir_for
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def toy_set(n, seed, frames=48, classes=3, split="train"):
-    """Class c = a bright band of mel bins 30c..30c+20 on noise: learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    x = 0.3 * torch.randn(n, frames, 128, generator=g)
-    for c in range(classes):
-        x[y == c, :, 30 * c:30 * c + 20] += 1.0
-    return types.SimpleNamespace(x=x, y=y, classes=[f"c{i}" for i in range(classes)], split=split,
-                                 norm=(0.0, 1.0), source="synthetic", ids=[f"{split}{i}" for i in range(n)])
 
 
 def tiny_cfg(**kw):
@@ -91,7 +80,7 @@ def test_tiny_model_trains_and_loss_falls(tmp_cache):
     assert not (run / "state.pt").exists()         # resume state removed once done
     model, meta = T.load_checkpoint(run)
     assert meta["epoch"] == s["best_epoch"]
-    assert T.evaluate(model, toy_set(24, 1, split="val"))["accuracy"] == pytest.approx(s["val_accuracy"])
+    assert evaluate(model, toy_set(24, 1, split="val"))["accuracy"] == pytest.approx(s["val_accuracy"])
 
 
 def test_pruning_aware_finetune_steps_keep_rate_every_iteration(tmp_cache, monkeypatch):
@@ -109,41 +98,8 @@ def test_pruning_aware_finetune_steps_keep_rate_every_iteration(tmp_cache, monke
     assert calls[spe::spe + 1] == [0.5, 0.5, 0.5]
     assert [h["keep_rate"] for h in s["history"]] == pytest.approx([1.0, expected[2 * spe - 1], 0.5])
     # validation ran at the target keep rate: fewer MACs than the unpruned model
-    full = T.evaluate(create_model("ast", "tiny", 32, 3), toy_set(8, 2))["gmacs_per_clip"]
+    full = evaluate(create_model("ast", "tiny", 32, 3), toy_set(8, 2))["gmacs_per_clip"]
     assert all(h["val_gmacs"] < full for h in s["history"])
-
-
-def test_evaluate_shared_prefix_changes_nothing():
-    """Settings evaluated with a shared prefix give the results of independent evaluations, and the prefix is
-    computed once per batch and first drop block."""
-    model = create_model("ast", "tiny", 32, 3)
-    fs = toy_set(10, 3)
-    shared = {}
-    for method, rate, loc in [("topk", 0.5, (3, 6, 9)), ("mean", 0.7, (3, 6, 9)), ("adaptive", 0.5, (3, 6, 9)),
-                              ("random", 0.5, (6,)), ("std", 0.3, (0, 5))]:
-        alone = T.evaluate(model, fs, method, rate, loc, batch_size=4)
-        reused = T.evaluate(model, fs, method, rate, loc, batch_size=4, shared=shared)
-        assert reused == alone, method
-    assert sorted({k[-1] for k in shared}) == [3, 6] and len(shared) == 2 * 3     # 3 batches of 4 clips
-
-
-def test_evaluate_reports_macs_and_restores_model_state():
-    model = create_model("audiomae", "tiny", 32, 3)
-    fs = toy_set(10, 3)
-    full = T.evaluate(model, fs, split="val")
-    half = T.evaluate(model, fs, method="topk", keep_rate=0.5, batch_size=4)
-    for key in ("accuracy", "n_clips", "gmacs_per_clip", "method", "keep_rate", "split", "drop_loc"):
-        assert key in full and key in half
-    assert full["n_clips"] == 10 and full["method"] is None and full["keep_rate"] == 1.0
-    assert half["method"] == "topk" and half["keep_rate"] == 0.5
-    assert half["gmacs_per_clip"] < 0.8 * full["gmacs_per_clip"]
-    assert not is_pruned(model)                          # unpatched again
-    from tprune_core.pruning import apply_pruning
-    apply_pruning(model, "random", 0.7)
-    T.evaluate(model, fs, method="topk", keep_rate=0.3)
-    assert (settings(model).method, settings(model).keep_rate) == ("random", 0.7)   # previous patch restored
-    with pytest.raises(ConfigError, match="frames"):
-        T.evaluate(model, toy_set(4, 0, frames=16))
 
 
 # ------------------------------------------------------------------------------------------- resume after SIGKILL
@@ -152,7 +108,7 @@ def test_evaluate_reports_macs_and_restores_model_state():
 RESUME = dict(epochs=6, ckpt_every=3, batch_size=16, freq_mask=24, time_mask=8, mixup=0.2, drop_path=0.1)
 CHILD = textwrap.dedent("""
     import sys, types, torch
-    sys.path.insert(0, {repo!r})
+    sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
     from tests.test_train import toy_set, tiny_cfg, RESUME
     from tprune_core import train as T
     cfg = tiny_cfg(**RESUME)
@@ -323,15 +279,3 @@ def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     t = time.time()
     zoo.build_zoo("smoke", progress=False)
     assert time.time() - t < 20
-
-
-def test_evaluate_counts_clips_left_without_patch_tokens():
-    """intensity_range with an empty range: every clip is scored (from its prefix tokens), and reported as empty."""
-    torch.manual_seed(0)
-    model = create_model("audiomae", "tiny", 48, 3, depth=2, embed_dim=32, num_heads=2)
-    data = toy_set(5, seed=1)
-    out = T.evaluate(model, data, "intensity_range", 1.0, (0,), options={"lo": 1e9, "hi": 2e9})
-    assert out["n_clips"] == 5 and out["n_empty"] == 5
-    kept_all = T.evaluate(model, data, "intensity_range", 1.0, (0,), options={"lo": -1e9, "hi": 1e9})
-    assert kept_all["n_empty"] == 0
-    assert out["gmacs_per_clip"] < kept_all["gmacs_per_clip"]

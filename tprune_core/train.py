@@ -4,7 +4,7 @@
     run_dir = train_run(cfg)          # trains, resumes or finds $TPRUNE_CACHE/zoo/<hash>/ (selection on "val")
     result = test_run(run_dir)        # the selected checkpoint on "test", once (cached in test.json)
     model, meta = load_checkpoint(run_dir)
-    evaluate(model, features, method="topk", keep_rate=0.5)   # accuracy, n_clips, gmacs_per_clip, ...
+    evaluate(model, features, method="topk", keep_rate=0.5)   # accuracy, n_clips, ... (tprune_core.evaluation)
 
 A run lives in a folder named by a hash of every config field that changes its numbers (`config_hash`):
 ``state.pt`` (model, optimizer, step, RNG states; rewritten atomically every ``ckpt_every`` steps and after every
@@ -36,11 +36,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .errors import CheckpointError, ConfigError
+from .evaluation import crop_frames, evaluate
 from .models import FAMILIES, PATCH, SIZES, create_model
 from .runtime import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
                       optimizer_step, param_groups, read_json, resolve_device, rng_state, run_dir_for, save_atomic,
                       set_rng_state, training_attention, weights_digest, zoo_root)
-# Moved to runtime, still importable from here (as read_json, zoo_root, config_hash, ... above).
+# Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
 from .runtime import OPERATIONAL  # noqa: F401
 
 
@@ -164,21 +165,6 @@ def keep_rate_schedule(step: int, total_steps: int, target: float, hold_steps: i
 
 # ---------------------------------------------------------------------------------------------- augmentation
 
-def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
-    """(B, T, mel) -> (B, frames, mel): a random window per clip (training) or the first ``frames`` (evaluation,
-    matching features.pad_or_crop)."""
-    t = x.shape[1]
-    if t == frames:
-        return x
-    if t < frames:
-        raise ConfigError(f"features have {t} frames; the model needs at least {frames}")
-    if not random:
-        return x[:, :frames]
-    start = torch.randint(0, t - frames + 1, (x.shape[0],), generator=generator)
-    idx = (start[:, None] + torch.arange(frames)).to(x.device)
-    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
-
-
 class SpecAugment(torch.nn.Module):
     """One frequency mask and one time mask per clip (torchaudio, iid over the batch), on (B, frames, mel)."""
 
@@ -259,75 +245,6 @@ def load_checkpoint(path, device="cpu"):
     meta = {k: v for k, v in ck.items() if k != "model"}
     meta["path"] = str(_best_path(p))
     return model.to(device), meta
-
-
-# ---------------------------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), batch_size=128, options=None,
-             split=None, precision="fp32", progress=False, shared=None) -> dict:
-    """Accuracy and mean GMACs per clip of ``model`` on a FeatureSet (or anything with ``.x``, ``.y``).
-
-    ``method=None`` evaluates the model as it is (patched or not); a method patches it for the call and puts the
-    previous state back afterwards. Clips longer than the model's input are cut to their first ``model.frames``.
-    ``shared``: a dict that calls over the same model, features, batch size and precision pass along; the unpruned
-    blocks before the first drop location are then computed once per batch and reused (same numbers).
-    """
-    from .macs import model_macs
-    from .pruning import apply_pruning, forward_from, hidden_before, last_forward, remove_pruning, settings
-    x_all, y_all = features.x, torch.as_tensor(features.y)
-    if x_all.dim() != 3 or x_all.shape[2] != model.mel:
-        raise ConfigError(f"evaluate: features must be (N, frames, {model.mel}), got {tuple(x_all.shape)}")
-    if len(x_all) == 0:
-        raise ConfigError("evaluate: the feature set is empty")
-    device = next(model.parameters()).device
-    before = settings(model)
-    options = dict(options or {})
-    if method is not None:
-        apply_pruning(model, method, keep_rate, drop_loc, **options)
-    state = settings(model)
-    was_training = model.training
-    model.eval()
-    correct, macs, tokens, empty = 0, [], [], 0
-    try:
-        bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
-                   disable=not progress, file=sys.stderr)
-        # blocks before the first drop are unpruned: with ``shared`` they run once per batch for all settings
-        start = min(state.drop_loc) if (shared is not None and method is not None) else 0
-        for i in bar:
-            x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
-            with autocast(device, precision):
-                if start > 0:
-                    key = (id(features), i, batch_size, precision, start)
-                    if key not in shared:
-                        shared[key] = hidden_before(model, x, start)
-                    logits = forward_from(model, x, shared[key], start)
-                else:
-                    logits = model(x)
-            correct += (logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum().item()
-            last = last_forward(model) if state is not None else None
-            t = last.tokens if last is not None else None
-            m = model_macs(model, t)
-            macs.append(m.expand(len(x)) if m.numel() == 1 else m)
-            if t is not None:
-                tokens.append(t[..., 0].float())
-                empty += last.n_empty  # intensity_range clips left with no patch token
-    finally:
-        if method is not None:
-            remove_pruning(model)
-            if before is not None:
-                apply_pruning(model, before.method, before.keep_rate, before.drop_loc, **before.options)
-        model.train(was_training)
-    n = len(x_all)
-    out = {"accuracy": correct / n, "n_clips": n, "n_correct": correct,
-           "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,
-           "method": state.method if state else None, "keep_rate": state.keep_rate if state else 1.0,
-           "drop_loc": list(state.drop_loc) if state else list(drop_loc),
-           "split": split if split is not None else getattr(features, "split", None) or None,
-           "n_empty": empty}
-    if tokens:
-        out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- data

@@ -138,7 +138,8 @@ def _ensure_mae(args, kw):
 
 def cmd_eval(args):
     from ..cache import load_features
-    from ..train import TrainConfig, apply_run_pruning, evaluate, load_checkpoint
+    from ..evaluation import evaluate
+    from ..train import TrainConfig, apply_run_pruning, load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint, args.device)
     cfg = TrainConfig.from_dict(meta["config"])
