@@ -48,6 +48,23 @@ def toy_set(n, seed, frames=48, classes=3, split="train"):
                                  norm=(0.0, 1.0), source="synthetic", ids=[f"{split}{i}" for i in range(n)])
 
 
+class Interrupted(Exception):
+    """Raised by ``stop_at``: the run stops as if killed there (what it saved so far stays)."""
+
+
+def stop_at(monkeypatch, task_cls, at_step: int):
+    """Make ``task_cls.step`` (a ``loop.Task``) raise Interrupted at iteration ``at_step``; returns the undo."""
+    real = task_cls.step
+
+    def step(self, idx, step):
+        if step == at_step:
+            raise Interrupted(step)
+        return real(self, idx, step)
+
+    monkeypatch.setattr(task_cls, "step", step)
+    return lambda: monkeypatch.setattr(task_cls, "step", real)
+
+
 # ------------------------------------------------------------------ tiny fake datasets in the official layouts
 
 def write_tone(path, seconds=0.1, sr=16000, freq=440.0, subtype=None):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import toy_set
+from conftest import Interrupted, stop_at, toy_set
 from tprune_core import train as T
 from tprune_core.errors import CheckpointError, ConfigError
 from tprune_core.evaluation import evaluate
@@ -149,6 +149,22 @@ def test_resume_after_sigkill_reaches_same_weights(tmp_cache, tmp_path):
     other = T.fit(tiny_cfg(**dict(RESUME, epochs=1, seed=1)), toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "s1")
     first = T.fit(tiny_cfg(**dict(RESUME, epochs=1)), toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "s0")
     assert other["final_sha256"] != first["final_sha256"]
+
+
+def test_pruning_aware_finetune_resumes_mid_epoch_to_the_same_weights(tmp_cache, tmp_path, monkeypatch):
+    """``random`` seeds its choices with the pruning forward counter: state.pt keeps it, a resumed run restores it."""
+    cfg = tiny_cfg(prune_method="random", keep_rate=0.5, epochs=3, prune_hold_epochs=0.5, prune_shrink_epochs=1,
+                   batch_size=16, ckpt_every=3)
+    ref = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "ref")
+    undo = stop_at(monkeypatch, T.Supervised, 7)
+    with pytest.raises(Interrupted):
+        T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert state["step"] == 6 and state["prune_calls"] > 6 and state["best"]["epoch"] == 1
+    undo()
+    done = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "run")
+    assert done["final_sha256"] == ref["final_sha256"]
+    assert [h["train_loss"] for h in done["history"]] == [h["train_loss"] for h in ref["history"]]
 
 
 # ------------------------------------------------------------------------------------------- selection discipline

@@ -1,4 +1,4 @@
-"""Supervised training, pruning-aware fine-tuning and evaluation of the audio ViTs, with resumable cached runs.
+"""Supervised training and pruning-aware fine-tuning of the audio ViTs, with resumable cached runs.
 
     cfg = TrainConfig(family="ast", dataset="speechcommands", frames=96, epochs=12, seed=0)
     run_dir = train_run(cfg)          # trains, resumes or finds $TPRUNE_CACHE/zoo/<hash>/ (selection on "val")
@@ -12,7 +12,8 @@ epoch, deleted once the run is done), ``best.pt`` (the epoch with the best valid
 ``log.json`` (config and one row per epoch), ``train.json`` (written last: the run is complete) and ``test.json``.
 Rerunning the same command after a kill continues from ``state.pt`` and ends with the same weights as a run that was
 never interrupted (CPU; the learning-rate and keep-rate schedules are pure functions of the step, the data order of
-an epoch is a pure function of (seed, epoch), and the global RNG states are checkpointed).
+an epoch is a pure function of (seed, epoch), and the global RNG states are checkpointed). The epoch loop itself is
+``loop.run_epochs``, shared with MAE pretraining; ``Supervised`` is what this module plugs into it.
 
 Model selection is structural: ``fit`` receives the training and validation FeatureSets only, ``train_run`` loads
 just those two splits, and the test split is read by ``test_run`` alone, after training has finished.
@@ -22,27 +23,29 @@ follows ``keep_rate_schedule`` every iteration: 1.0 for ``prune_hold_epochs``, a
 ``prune_shrink_epochs``, then fixed. SpecAugment, mixup (when on) and label smoothing stay on throughout: the shrink
 changes only how many tokens the blocks see, so the network adapts to pruning under the same regularization it was
 trained with. Validation (and so selection) uses the target keep rate at every epoch.
+
+Runtime pieces (devices, files, RNG, optimizer) live in ``runtime`` and evaluation in ``evaluation``; the names
+other code imported from here before (``evaluate``, ``read_json``, ``zoo_root``, ``config_hash``, ...) still work.
 """
 from __future__ import annotations
 
 import math
-import sys
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from . import pruning
 from .errors import CheckpointError, ConfigError
 from .evaluation import crop_frames, evaluate
+from .loop import Task, run_epochs
+from .mae import load_encoder
 from .models import FAMILIES, PATCH, SIZES, create_model
-from .runtime import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
-                      optimizer_step, param_groups, read_json, resolve_device, rng_state, run_dir_for, save_atomic,
-                      set_rng_state, training_attention, weights_digest, zoo_root)
+from .runtime import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, param_groups,
+                      read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
 # Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
-from .runtime import OPERATIONAL  # noqa: F401
+from .runtime import OPERATIONAL, lr_at, training_attention  # noqa: F401
 
 
 @dataclass
@@ -143,7 +146,7 @@ def validate(cfg: TrainConfig):
         need(cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
 
 
-# ---------------------------------------------------------------------------------------------- schedules
+# ---------------------------------------------------------------------------------------------- schedules and models
 
 def keep_rate_schedule(step: int, total_steps: int, target: float, hold_steps: int, shrink_steps: int) -> float:
     """Keep rate at iteration ``step``: 1.0 for ``hold_steps``, a cosine from 1.0 to ``target`` over
@@ -163,8 +166,6 @@ def keep_rate_schedule(step: int, total_steps: int, target: float, hold_steps: i
     return float(target + (1.0 - target) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-# ---------------------------------------------------------------------------------------------- augmentation
-
 class SpecAugment(torch.nn.Module):
     """One frequency mask and one time mask per clip (torchaudio, iid over the batch), on (B, frames, mel)."""
 
@@ -183,21 +184,6 @@ class SpecAugment(torch.nn.Module):
         return spec.squeeze(1).transpose(1, 2)
 
 
-# ---------------------------------------------------------------------------------------------- models
-
-def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
-    """The saved state of an interrupted run with model, optimizer and RNG restored from it; None: a fresh run."""
-    if not state_path.is_file():
-        return None
-    st = load_torch(state_path)
-    if st.get("hash") != cfg.hash():
-        raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {cfg.hash()}")
-    model.load_state_dict(st["model"])
-    opt.load_state_dict(st["optimizer"])
-    set_rng_state(st["rng"], device)
-    return st
-
-
 def build_model(cfg: TrainConfig, num_classes: int):
     """The config's model, initialized from scratch, from an MAE encoder or from another run's selected weights."""
     model = create_model(cfg.family, cfg.size, cfg.frames, num_classes, mel=cfg.mel, drop_path_rate=cfg.drop_path)
@@ -205,7 +191,6 @@ def build_model(cfg: TrainConfig, num_classes: int):
         return model
     kind, ref = cfg.init.split(":", 1)
     if kind == "mae":
-        from .mae import load_encoder
         load_encoder(model, zoo_root() / ref / "encoder.pt")
     else:
         parent = load_torch(_best_path(zoo_root() / ref))
@@ -268,137 +253,103 @@ def _check_sets(cfg, train_set, val_set):
         raise ConfigError(f"TrainConfig.batch_size: {cfg.batch_size} is more than the {len(train_set.x)} training clips")
 
 
-# ---------------------------------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------------------------------- training
+
+class Supervised(Task):
+    """``fit`` in the shared loop: augmented batches, keep-rate schedule, validation, best.pt, train.json."""
+    zero = (0.0, 0.0, 0.0)   # loss * clips, correct clips, clips
+
+    def __init__(self, cfg: TrainConfig, train_set, val_set, run_dir, model, opt, device):
+        tag = f"{cfg.family}/{cfg.dataset}/s{cfg.seed}" + (f"/{cfg.prune_method}@{cfg.keep_rate:g}"
+                                                          if cfg.prune_method else "")
+        super().__init__(cfg, run_dir, tag, model, opt, device, len(train_set.x))
+        self.train_set, self.val_set = train_set, val_set
+        self.x, self.y = train_set.x, torch.as_tensor(train_set.y)
+        self.lr_hint = f"lower TrainConfig.lr (now {cfg.lr}) or use precision='fp32'"
+        self.augment = SpecAugment(cfg.freq_mask, cfg.time_mask)
+        self.hold = min(round(cfg.prune_hold_epochs * self.steps_per_epoch), self.total)
+        self.shrink = min(round(cfg.prune_shrink_epochs * self.steps_per_epoch), self.total - self.hold)  # no overrun
+        self.kr, self.val, self.best = 1.0, None, None
+
+    def step(self, idx, step):
+        cfg = self.cfg
+        x, y = self.augment(crop_frames(self.x[idx].float(), cfg.frames, random=True)), self.y[idx]
+        if cfg.mixup > 0:
+            lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+            mate = torch.randperm(len(idx))
+            x = lam * x + (1 - lam) * x[mate]
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if cfg.prune_method:
+            self.kr = keep_rate_schedule(step, self.total, cfg.keep_rate, self.hold, self.shrink)
+            pruning.set_keep_rate(self.model, self.kr)
+        with autocast(self.device, cfg.precision):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if cfg.mixup > 0:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate],
+                                                                label_smoothing=cfg.label_smoothing)
+        return loss, (loss.item() * len(idx), (logits.argmax(1) == y).sum().item(), len(idx))
+
+    def postfix(self, sums):
+        loss_sum, correct, seen = sums
+        return {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}",
+                **({"keep": f"{self.kr:.2f}"} if self.cfg.prune_method else {})}
+
+    def end_epoch(self, epoch, sums):
+        cfg, (loss_sum, correct, seen) = self.cfg, sums
+        if cfg.prune_method:
+            pruning.set_keep_rate(self.model, cfg.keep_rate)
+        self.val = evaluate(self.model, self.val_set, batch_size=cfg.eval_batch_size, split="val",
+                            precision=cfg.precision)
+        return {"keep_rate": self.kr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "val_acc": self.val["accuracy"], "val_gmacs": self.val["gmacs_per_clip"]}
+
+    def keep_best(self, row):
+        if self.best is None or row["val_acc"] > self.best["val_acc"]:
+            self.best = {"epoch": row["epoch"], "val_acc": row["val_acc"], "val": self.val}
+            save_atomic({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "hash": self.cfg.hash(),
+                         "classes": list(self.train_set.classes), "norm": getattr(self.train_set, "norm", None),
+                         "epoch": row["epoch"], "val": self.val, "train_version": TRAIN_VERSION},
+                        self.run_dir / "best.pt")
+
+    def describe(self, row):
+        return (f"loss {row['train_loss']:.3f}  train_acc {row['train_acc']:.3f}  val_acc {row['val_acc']:.3f}"
+                + (f"  keep {row['keep_rate']:.2f}" if self.cfg.prune_method else ""))
+
+    def state(self):
+        return {"best": self.best, "prune_calls": pruning.call_count(self.model) if self.cfg.prune_method else 0}
+
+    def restore(self, st):
+        self.best = st["best"]
+        if self.cfg.prune_method:
+            pruning.set_call_count(self.model, st.get("prune_calls", 0))
+
+    def finish(self, history) -> dict:
+        cfg, best = self.cfg, self.best
+        summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "classes": list(self.train_set.classes),
+                   "best_epoch": best["epoch"], "val_accuracy": best["val_acc"], "val": best["val"],
+                   "history": history, "train_seconds": history[-1]["seconds"], "steps": self.total,
+                   "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "n_train": self.n, "n_val": len(self.val_set.x),
+                   "train_source": getattr(self.train_set, "source", None), "final_sha256": weights_digest(self.model)}
+        save_atomic(summary, self.run_dir / "train.json")
+        return summary
+
 
 def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
     """Train ``cfg`` on ``train_set``, select the epoch with the best accuracy on ``val_set``; resumable.
 
     Never sees the test split (it is not an argument). Returns the summary also written to ``train.json``.
     """
-    from .pruning import apply_pruning, call_count, set_call_count, set_keep_rate
-    run_dir = Path(run_dir)
     _check_sets(cfg, train_set, val_set)
     device = resolve_device(cfg.device)
-    classes = list(train_set.classes)
-    x_train, y_train = train_set.x, torch.as_tensor(train_set.y)
-    n = len(x_train)
-    steps_per_epoch = n // cfg.batch_size           # the last partial batch is dropped
-    total = steps_per_epoch * cfg.epochs
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    hold = min(round(cfg.prune_hold_epochs * steps_per_epoch), total)
-    shrink = min(round(cfg.prune_shrink_epochs * steps_per_epoch), total - hold)   # rounding must not overrun
-    tag = f"{cfg.family}/{cfg.dataset}/s{cfg.seed}" + (f"/{cfg.prune_method}@{cfg.keep_rate:g}" if cfg.prune_method else "")
-
     with cpu_threads(cfg.threads), deterministic(device):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg, len(classes)).to(device)
+        model = build_model(cfg, len(train_set.classes)).to(device)
         if cfg.prune_method:
-            apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc, **cfg.prune_options)
+            pruning.apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc, **cfg.prune_options)
         opt = adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-        augment = SpecAugment(cfg.freq_mask, cfg.time_mask)
-        step, history, best, elapsed = 0, [], None, 0.0
-        state_path = run_dir / "state.pt"
-        st = resume_state(state_path, cfg, model, opt, device)
-        if st is not None:
-            step, history, best, elapsed = st["step"], st["history"], st["best"], st["elapsed"]
-            partial = st.get("epoch_stats", (0.0, 0.0, 0.0))
-            if cfg.prune_method:
-                set_call_count(model, st.get("prune_calls", 0))
-            print(f"[{tag}] resuming {run_dir.name} at step {step}/{total} (epoch {step // steps_per_epoch + 1})",
-                  file=sys.stderr)
-        else:
-            partial = (0.0, 0.0, 0.0)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_atomic({"hash": cfg.hash(), "config": cfg.to_dict()}, run_dir / "config.json")
-        threads = torch.get_num_threads()
-
-        def save_state():
-            save_atomic({"hash": cfg.hash(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "rng": rng_state(device), "step": step, "history": history, "best": best,
-                         "elapsed": elapsed + time.perf_counter() - t_session,
-                         "epoch_stats": (loss_sum, correct, seen),
-                         "prune_calls": call_count(model) if cfg.prune_method else 0}, state_path)
-
-        t_session, steps_session = time.perf_counter(), 0
-        model.train()
-        while step < total:
-            epoch, first = divmod(step, steps_per_epoch)
-            # The epoch's clip order depends only on (seed, epoch): a resumed run sees the same batches.
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-            # Running loss/accuracy of this epoch (restored mid-epoch so the log matches an uninterrupted run).
-            loss_sum, correct, seen = partial if first else (0.0, 0.0, 0.0)
-            bar = tqdm(range(first, steps_per_epoch), desc=f"{tag} ep {epoch + 1}/{cfg.epochs}", unit="it",
-                       leave=False, disable=not cfg.progress, file=sys.stderr, initial=first, total=steps_per_epoch,
-                       mininterval=0.5 if sys.stderr.isatty() else 30.0)
-            with training_attention(model, device):
-                for b in bar:
-                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    x = crop_frames(x_train[idx].float(), cfg.frames, random=True)
-                    x, y = augment(x), y_train[idx]
-                    if cfg.mixup > 0:
-                        lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
-                        mate = torch.randperm(len(idx))
-                        x = lam * x + (1 - lam) * x[mate]
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    kr = keep_rate_schedule(step, total, cfg.keep_rate, hold, shrink) if cfg.prune_method else 1.0
-                    if cfg.prune_method:
-                        set_keep_rate(model, kr)
-                    with autocast(device, cfg.precision):
-                        logits = model(x)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                        if cfg.mixup > 0:
-                            loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate],
-                                                                            label_smoothing=cfg.label_smoothing)
-                    if not torch.isfinite(loss):
-                        raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower TrainConfig.lr "
-                                          f"(now {cfg.lr}) or use precision='fp32'")
-                    optimizer_step(loss, model, opt, cfg.grad_clip)
-                    step += 1
-                    steps_session += 1
-                    loss_sum += loss.item() * len(idx)
-                    correct += (logits.argmax(1) == y).sum().item()
-                    seen += len(idx)
-                    # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False,
-                                    **({"keep": f"{kr:.2f}"} if cfg.prune_method else {}))
-                    if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
-                        save_state()
-            bar.close()
-            # End of epoch: validate at the target keep rate, keep the best, checkpoint.
-            if cfg.prune_method:
-                set_keep_rate(model, cfg.keep_rate)
-            val = evaluate(model, val_set, batch_size=cfg.eval_batch_size, split="val", precision=cfg.precision)
-            row = {"epoch": epoch + 1, "step": step, "lr": lr, "keep_rate": kr,
-                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                   "val_acc": val["accuracy"], "val_gmacs": val["gmacs_per_clip"],
-                   "seconds": elapsed + time.perf_counter() - t_session}
-            history.append(row)
-            if best is None or val["accuracy"] > best["val_acc"]:
-                best = {"epoch": epoch + 1, "val_acc": val["accuracy"], "val": val}
-                save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "hash": cfg.hash(),
-                             "classes": classes, "norm": getattr(train_set, "norm", None), "epoch": epoch + 1,
-                             "val": val, "train_version": TRAIN_VERSION}, run_dir / "best.pt")
-            save_state()
-            save_atomic({"hash": cfg.hash(), "config": cfg.to_dict(), "history": history}, run_dir / "log.json")
-            rate = (time.perf_counter() - t_session) / max(steps_session, 1)
-            eta = rate * (total - step)
-            tqdm.write(f"[{tag}] epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "
-                       f"train_acc {row['train_acc']:.3f}  val_acc {row['val_acc']:.3f}  "
-                       + (f"keep {kr:.2f}  " if cfg.prune_method else "")
-                       + f"lr {lr:.2e}  {row['seconds']:.0f}s  ETA {eta:.0f}s", file=sys.stderr)
-
-    summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "classes": classes, "best_epoch": best["epoch"],
-               "val_accuracy": best["val_acc"], "val": best["val"], "history": history,
-               "train_seconds": history[-1]["seconds"], "steps": total, "device": str(device),
-               "threads": threads,
-               "torch": torch.__version__, "n_train": n, "n_val": len(val_set.x),
-               "train_source": getattr(train_set, "source", None), "final_sha256": weights_digest(model)}
-    save_atomic(summary, run_dir / "train.json")
-    state_path.unlink(missing_ok=True)   # optimizer state is only needed to resume
-    return summary
+        return run_epochs(Supervised(cfg, train_set, val_set, run_dir, model, opt, device))
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -424,10 +375,10 @@ def train_run(cfg: TrainConfig) -> Path:
 
 def apply_run_pruning(model, meta: dict):
     """Patch a loaded model with the pruning its run was fine-tuned for (no-op for unpruned runs)."""
-    from .pruning import apply_pruning
     c = meta["config"]
     if c.get("prune_method"):
-        apply_pruning(model, c["prune_method"], c["keep_rate"], tuple(c["drop_loc"]), **c.get("prune_options", {}))
+        pruning.apply_pruning(model, c["prune_method"], c["keep_rate"], tuple(c["drop_loc"]),
+                              **c.get("prune_options", {}))
     return model
 
 
