@@ -67,6 +67,25 @@ def test_config_hash_ignores_operational_fields_only():
         T.TrainConfig.from_dict({"famly": "ast"})
 
 
+def test_config_hashes_are_pinned():
+    """Run folders are named by these hashes: moving code must never change them (bump TRAIN_VERSION on purpose)."""
+    from tprune_core.mae import MAEConfig
+    assert T.TrainConfig().hash() == T.config_hash(T.TrainConfig()) == "e035017b03c9"
+    assert T.TrainConfig(prune_method="topk", keep_rate=0.5, init="run:abc").hash() == "a146b5970d93"
+    assert MAEConfig().hash() == "48cc86e5415c"
+
+
+def test_old_import_paths_still_work():
+    from tprune_core import evaluation, runtime
+    from tprune_core.train import (OPERATIONAL, TRAIN_VERSION, adamw, config_hash, evaluate, lr_at, param_groups,
+                                   read_json, resolve_device, run_dir_for, training_attention, zoo_root)
+    assert evaluate is evaluation.evaluate and read_json is runtime.read_json and zoo_root is runtime.zoo_root
+    assert (OPERATIONAL, TRAIN_VERSION, config_hash, lr_at) == (runtime.OPERATIONAL, runtime.TRAIN_VERSION,
+                                                                 runtime.config_hash, runtime.lr_at)
+    assert (adamw, param_groups, resolve_device, run_dir_for, training_attention) == (
+        runtime.adamw, runtime.param_groups, runtime.resolve_device, runtime.run_dir_for, runtime.training_attention)
+
+
 # ------------------------------------------------------------------------------------------- training
 
 def test_tiny_model_trains_and_loss_falls(tmp_cache):

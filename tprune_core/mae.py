@@ -33,9 +33,10 @@ from timm.models.vision_transformer import Block
 
 from .errors import CheckpointError, ConfigError
 from .loop import Task, run_epochs
-from .models import PATCH, SIZES, create_model, patch_grid, patch_pixels
-from .runtime import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, param_groups,
-                      read_json, resolve_device, run_dir_for, save_atomic)
+from .models import create_model, patch_grid, patch_pixels
+from .rules import PATCH, PRECISIONS, SIZES
+from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch,
+                      param_groups, read_json, resolve_device, run_dir_for, save_atomic)
 
 
 @dataclass
@@ -77,8 +78,8 @@ class MAEConfig:
             raise ConfigError(f"MAEConfig.crop_frames: expected a positive multiple of {PATCH}, got {self.crop_frames}")
         if not 0 < self.mask_ratio < 1:
             raise ConfigError(f"MAEConfig.mask_ratio: expected a number in (0, 1), got {self.mask_ratio}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"MAEConfig.precision: expected 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"MAEConfig.precision: expected {alternatives(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.warmup_epochs <= self.epochs or self.epochs < 1:
             raise ConfigError(f"MAEConfig.epochs/warmup_epochs: expected epochs >= 1 and warmup within, got "
                               f"{self.epochs}/{self.warmup_epochs}")

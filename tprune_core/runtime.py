@@ -37,6 +37,12 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def alternatives(values) -> str:
+    """The allowed values as a config error names them: ``'a', 'b' or 'c'``."""
+    *head, last = [repr(v) for v in values]
+    return f"{', '.join(head)} or {last}" if head else last
+
+
 def zoo_root() -> Path:
     from .cache import cache_root
     return cache_root() / "zoo"

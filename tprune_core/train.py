@@ -41,9 +41,10 @@ from .errors import CheckpointError, ConfigError
 from .evaluation import crop_frames, evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
-from .models import FAMILIES, PATCH, SIZES, create_model
-from .runtime import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, param_groups,
-                      read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
+from .models import create_model
+from .rules import FAMILIES, METHODS, PATCH, PRECISIONS, SIZES
+from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch,
+                      param_groups, read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
 # Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
 from .runtime import OPERATIONAL, lr_at, training_attention  # noqa: F401
 
@@ -139,11 +140,9 @@ def validate(cfg: TrainConfig):
     need(cfg.prune_hold_epochs >= 0 and cfg.prune_shrink_epochs >= 0 and (
          cfg.prune_method is None or cfg.prune_hold_epochs + cfg.prune_shrink_epochs <= cfg.epochs), "prune_hold_epochs",
          f"hold + shrink epochs within epochs={cfg.epochs}")
-    need(cfg.precision in ("auto", "fp32", "bf16"), "precision", "'auto', 'fp32' or 'bf16'")
+    need(cfg.precision in PRECISIONS, "precision", alternatives(PRECISIONS))
     need(isinstance(cfg.ckpt_every, int) and cfg.ckpt_every >= 1, "ckpt_every", "an int >= 1")
-    if cfg.prune_method is not None:
-        from .pruning import METHODS
-        need(cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
+    need(cfg.prune_method is None or cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
 
 
 # ---------------------------------------------------------------------------------------------- schedules and models
