@@ -1,5 +1,6 @@
 """Shared fixtures: the real-data root (skip or fail when absent) and a private feature cache per test."""
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,36 @@ def tmp_cache(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "cache"
     monkeypatch.setenv("TPRUNE_CACHE", str(path))
     return path
+
+
+# ------------------------------------------------------------------ tiny in-memory feature sets
+
+def toy_set(n, seed, frames=48, classes=3, split="train"):
+    """Class c = a bright band of mel bins 30c..30c+20 on noise: learnable in a few steps."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    x = 0.3 * torch.randn(n, frames, 128, generator=g)
+    for c in range(classes):
+        x[y == c, :, 30 * c:30 * c + 20] += 1.0
+    return types.SimpleNamespace(x=x, y=y, classes=[f"c{i}" for i in range(classes)], split=split,
+                                 norm=(0.0, 1.0), source="synthetic", ids=[f"{split}{i}" for i in range(n)])
+
+
+class Interrupted(Exception):
+    """Raised by ``stop_at``: the run stops as if killed there (what it saved so far stays)."""
+
+
+def stop_at(monkeypatch, task_cls, at_step: int):
+    """Make ``task_cls.step`` (a ``loop.Task``) raise Interrupted at iteration ``at_step``; returns the undo."""
+    real = task_cls.step
+
+    def step(self, idx, step):
+        if step == at_step:
+            raise Interrupted(step)
+        return real(self, idx, step)
+
+    monkeypatch.setattr(task_cls, "step", step)
+    return lambda: monkeypatch.setattr(task_cls, "step", real)
 
 
 # ------------------------------------------------------------------ tiny fake datasets in the official layouts

@@ -4,6 +4,7 @@ import types
 import pytest
 import torch
 
+from conftest import Interrupted, stop_at
 from tprune_core import mae as M
 from tprune_core.errors import CheckpointError, ConfigError
 from tprune_core.models import create_model, patch_grid
@@ -173,3 +174,26 @@ def test_config_rejects_bad_values():
         small_cfg(crop_frames=96)                                      # longer than the 48-frame source
     with pytest.raises(ConfigError, match="mask_ratio"):
         small_cfg(mask_ratio=1.0)
+
+
+def test_pretrain_resumes_mid_epoch_to_the_same_encoder(tmp_path, monkeypatch):
+    """Stopped after a mid-epoch checkpoint, pretraining continues from state.pt and ends with the encoder and loss
+    history of a run that was never interrupted (windows and masks are functions of the step)."""
+    pool = [pool_set(24, 48, 0), pool_set(24, 64, 1)]          # 48 clips: 6 steps an epoch, 12 in all
+    cfg = small_cfg(ckpt_every=4)
+    monkeypatch.setenv("TPRUNE_CACHE", str(tmp_path / "ref"))
+    ref = M.pretrain(cfg, pool=pool)
+    monkeypatch.setenv("TPRUNE_CACHE", str(tmp_path / "run"))
+    undo = stop_at(monkeypatch, M.Pretraining, 9)
+    with pytest.raises(Interrupted):
+        M.pretrain(cfg, pool=pool)
+    run = tmp_path / "run" / "zoo" / cfg.hash()
+    state = torch.load(run / "state.pt", weights_only=False)
+    assert state["step"] == 8 and state["epoch_stats"][1] == 16 and not (run / "mae.json").exists()
+    undo()
+    assert M.pretrain(cfg, pool=pool) == run
+    a = torch.load(run / "encoder.pt", weights_only=False)["encoder"]
+    b = torch.load(ref / "encoder.pt", weights_only=False)["encoder"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [h["loss"] for h in M.summary(run)["history"]] == [h["loss"] for h in M.summary(ref)["history"]]
+    assert not (run / "state.pt").exists()

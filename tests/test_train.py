@@ -1,4 +1,4 @@
-"""Training loop, schedules, resumability after SIGKILL, evaluation and the test-split discipline.
+"""Supervised training: config, keep-rate schedule, resumability after SIGKILL and the test-split discipline.
 
 Everything runs on small in-memory tensor datasets (no audio): 12-block ViT-tiny on 32-frame inputs (16 patches).
 """
@@ -9,29 +9,19 @@ import subprocess
 import sys
 import textwrap
 import time
-import types
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import Interrupted, stop_at, toy_set
 from tprune_core import train as T
 from tprune_core.errors import CheckpointError, ConfigError
+from tprune_core.evaluation import evaluate
 from tprune_core.models import create_model
-from tprune_core.pruning import is_pruned, settings
+from tprune_core.runtime import run_dir_for
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def toy_set(n, seed, frames=48, classes=3, split="train"):
-    """Class c = a bright band of mel bins 30c..30c+20 on noise: learnable in a few steps."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % classes
-    x = 0.3 * torch.randn(n, frames, 128, generator=g)
-    for c in range(classes):
-        x[y == c, :, 30 * c:30 * c + 20] += 1.0
-    return types.SimpleNamespace(x=x, y=y, classes=[f"c{i}" for i in range(classes)], split=split,
-                                 norm=(0.0, 1.0), source="synthetic", ids=[f"{split}{i}" for i in range(n)])
 
 
 def tiny_cfg(**kw):
@@ -64,14 +54,6 @@ def test_keep_rate_schedule_rejects_bad_input():
         T.keep_rate_schedule(11, 10, 0.5, 1, 1)
 
 
-def test_lr_schedule_warmup_then_cosine():
-    lrs = [T.lr_at(s, 100, 10, 1e-3, 1e-5) for s in range(100)]
-    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
-    assert max(lrs) == pytest.approx(1e-3)
-    assert lrs[55] == pytest.approx(1e-5 + (1e-3 - 1e-5) / 2)
-    assert lrs[-1] < 2e-5 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-
-
 def test_config_hash_ignores_operational_fields_only():
     a = tiny_cfg()
     assert a.hash() == tiny_cfg(threads=2, ckpt_every=7, progress=True, device="cpu").hash()
@@ -85,20 +67,39 @@ def test_config_hash_ignores_operational_fields_only():
         T.TrainConfig.from_dict({"famly": "ast"})
 
 
+def test_config_hashes_are_pinned():
+    """Run folders are named by these hashes: moving code must never change them (bump TRAIN_VERSION on purpose)."""
+    from tprune_core.mae import MAEConfig
+    assert T.TrainConfig().hash() == T.config_hash(T.TrainConfig()) == "e035017b03c9"
+    assert T.TrainConfig(prune_method="topk", keep_rate=0.5, init="run:abc").hash() == "a146b5970d93"
+    assert MAEConfig().hash() == "48cc86e5415c"
+
+
+def test_old_import_paths_still_work():
+    from tprune_core import evaluation, runtime
+    from tprune_core.train import (OPERATIONAL, TRAIN_VERSION, adamw, config_hash, evaluate, lr_at, param_groups,
+                                   read_json, resolve_device, run_dir_for, training_attention, zoo_root)
+    assert evaluate is evaluation.evaluate and read_json is runtime.read_json and zoo_root is runtime.zoo_root
+    assert (OPERATIONAL, TRAIN_VERSION, config_hash, lr_at) == (runtime.OPERATIONAL, runtime.TRAIN_VERSION,
+                                                                 runtime.config_hash, runtime.lr_at)
+    assert (adamw, param_groups, resolve_device, run_dir_for, training_attention) == (
+        runtime.adamw, runtime.param_groups, runtime.resolve_device, runtime.run_dir_for, runtime.training_attention)
+
+
 # ------------------------------------------------------------------------------------------- training
 
 def test_tiny_model_trains_and_loss_falls(tmp_cache):
     cfg = tiny_cfg(epochs=3)
-    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), T.run_dir_for(cfg))
+    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), run_dir_for(cfg))
     losses = [h["train_loss"] for h in s["history"]]
     assert losses[-1] < 0.5 * losses[0], losses
     assert s["val_accuracy"] > 0.8                 # 3 classes: chance is 1/3
-    run = T.run_dir_for(cfg)
+    run = run_dir_for(cfg)
     assert {"best.pt", "log.json", "train.json", "config.json"} <= {p.name for p in run.iterdir()}
     assert not (run / "state.pt").exists()         # resume state removed once done
     model, meta = T.load_checkpoint(run)
     assert meta["epoch"] == s["best_epoch"]
-    assert T.evaluate(model, toy_set(24, 1, split="val"))["accuracy"] == pytest.approx(s["val_accuracy"])
+    assert evaluate(model, toy_set(24, 1, split="val"))["accuracy"] == pytest.approx(s["val_accuracy"])
 
 
 def test_pruning_aware_finetune_steps_keep_rate_every_iteration(tmp_cache, monkeypatch):
@@ -108,7 +109,7 @@ def test_pruning_aware_finetune_steps_keep_rate_every_iteration(tmp_cache, monke
     monkeypatch.setattr(pruning, "set_keep_rate", lambda m, k: (calls.append(k), real(m, k)))
     cfg = tiny_cfg(prune_method="topk", keep_rate=0.5, epochs=3, prune_hold_epochs=1, prune_shrink_epochs=1,
                    batch_size=16)
-    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), T.run_dir_for(cfg))
+    s = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), run_dir_for(cfg))
     spe, total = 4, 12
     expected = [T.keep_rate_schedule(i, total, 0.5, spe, spe) for i in range(total)]
     train_calls = [k for i, k in enumerate(calls) if (i + 1) % (spe + 1)]   # every 5th call: validation at target
@@ -116,41 +117,8 @@ def test_pruning_aware_finetune_steps_keep_rate_every_iteration(tmp_cache, monke
     assert calls[spe::spe + 1] == [0.5, 0.5, 0.5]
     assert [h["keep_rate"] for h in s["history"]] == pytest.approx([1.0, expected[2 * spe - 1], 0.5])
     # validation ran at the target keep rate: fewer MACs than the unpruned model
-    full = T.evaluate(create_model("ast", "tiny", 32, 3), toy_set(8, 2))["gmacs_per_clip"]
+    full = evaluate(create_model("ast", "tiny", 32, 3), toy_set(8, 2))["gmacs_per_clip"]
     assert all(h["val_gmacs"] < full for h in s["history"])
-
-
-def test_evaluate_shared_prefix_changes_nothing():
-    """Settings evaluated with a shared prefix give the results of independent evaluations, and the prefix is
-    computed once per batch and first drop block."""
-    model = create_model("ast", "tiny", 32, 3)
-    fs = toy_set(10, 3)
-    shared = {}
-    for method, rate, loc in [("topk", 0.5, (3, 6, 9)), ("mean", 0.7, (3, 6, 9)), ("adaptive", 0.5, (3, 6, 9)),
-                              ("random", 0.5, (6,)), ("std", 0.3, (0, 5))]:
-        alone = T.evaluate(model, fs, method, rate, loc, batch_size=4)
-        reused = T.evaluate(model, fs, method, rate, loc, batch_size=4, shared=shared)
-        assert reused == alone, method
-    assert sorted({k[-1] for k in shared}) == [3, 6] and len(shared) == 2 * 3     # 3 batches of 4 clips
-
-
-def test_evaluate_reports_macs_and_restores_model_state():
-    model = create_model("audiomae", "tiny", 32, 3)
-    fs = toy_set(10, 3)
-    full = T.evaluate(model, fs, split="val")
-    half = T.evaluate(model, fs, method="topk", keep_rate=0.5, batch_size=4)
-    for key in ("accuracy", "n_clips", "gmacs_per_clip", "method", "keep_rate", "split", "drop_loc"):
-        assert key in full and key in half
-    assert full["n_clips"] == 10 and full["method"] is None and full["keep_rate"] == 1.0
-    assert half["method"] == "topk" and half["keep_rate"] == 0.5
-    assert half["gmacs_per_clip"] < 0.8 * full["gmacs_per_clip"]
-    assert not is_pruned(model)                          # unpatched again
-    from tprune_core.pruning import apply_pruning
-    apply_pruning(model, "random", 0.7)
-    T.evaluate(model, fs, method="topk", keep_rate=0.3)
-    assert (settings(model).method, settings(model).keep_rate) == ("random", 0.7)   # previous patch restored
-    with pytest.raises(ConfigError, match="frames"):
-        T.evaluate(model, toy_set(4, 0, frames=16))
 
 
 # ------------------------------------------------------------------------------------------- resume after SIGKILL
@@ -159,7 +127,7 @@ def test_evaluate_reports_macs_and_restores_model_state():
 RESUME = dict(epochs=6, ckpt_every=3, batch_size=16, freq_mask=24, time_mask=8, mixup=0.2, drop_path=0.1)
 CHILD = textwrap.dedent("""
     import sys, types, torch
-    sys.path.insert(0, {repo!r})
+    sys.path[:0] = [{repo!r}, {repo!r} + "/tests"]
     from tests.test_train import toy_set, tiny_cfg, RESUME
     from tprune_core import train as T
     cfg = tiny_cfg(**RESUME)
@@ -202,6 +170,22 @@ def test_resume_after_sigkill_reaches_same_weights(tmp_cache, tmp_path):
     assert other["final_sha256"] != first["final_sha256"]
 
 
+def test_pruning_aware_finetune_resumes_mid_epoch_to_the_same_weights(tmp_cache, tmp_path, monkeypatch):
+    """``random`` seeds its choices with the pruning forward counter: state.pt keeps it, a resumed run restores it."""
+    cfg = tiny_cfg(prune_method="random", keep_rate=0.5, epochs=3, prune_hold_epochs=0.5, prune_shrink_epochs=1,
+                   batch_size=16, ckpt_every=3)
+    ref = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "ref")
+    undo = stop_at(monkeypatch, T.Supervised, 7)
+    with pytest.raises(Interrupted):
+        T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "run")
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=False)
+    assert state["step"] == 6 and state["prune_calls"] > 6 and state["best"]["epoch"] == 1
+    undo()
+    done = T.fit(cfg, toy_set(64, 0), toy_set(24, 1, split="val"), tmp_path / "run")
+    assert done["final_sha256"] == ref["final_sha256"]
+    assert [h["train_loss"] for h in done["history"]] == [h["train_loss"] for h in ref["history"]]
+
+
 # ------------------------------------------------------------------------------------------- selection discipline
 
 @pytest.fixture
@@ -241,7 +225,7 @@ def test_model_selection_never_reads_test_split(tmp_cache, fake_features, monkey
 
 def test_test_split_refused_before_training_finishes(tmp_cache, fake_features):
     cfg = tiny_cfg(dataset="synthetic")
-    run = T.run_dir_for(cfg)
+    run = run_dir_for(cfg)
     run.mkdir(parents=True)
     with pytest.raises(CheckpointError, match="not finished"):
         T.test_run(run)
@@ -330,45 +314,3 @@ def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     t = time.time()
     zoo.build_zoo("smoke", progress=False)
     assert time.time() - t < 20
-
-
-def test_evaluate_counts_clips_left_without_patch_tokens():
-    """intensity_range with an empty range: every clip is scored (from its prefix tokens), and reported as empty."""
-    torch.manual_seed(0)
-    model = create_model("audiomae", "tiny", 48, 3, depth=2, embed_dim=32, num_heads=2)
-    data = toy_set(5, seed=1)
-    out = T.evaluate(model, data, "intensity_range", 1.0, (0,), options={"lo": 1e9, "hi": 2e9})
-    assert out["n_clips"] == 5 and out["n_empty"] == 5
-    kept_all = T.evaluate(model, data, "intensity_range", 1.0, (0,), options={"lo": -1e9, "hi": 1e9})
-    assert kept_all["n_empty"] == 0
-    assert out["gmacs_per_clip"] < kept_all["gmacs_per_clip"]
-
-
-def _grads(model, x, y):
-    model.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(model(x), y).backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-
-def test_training_attention_is_explicit_on_cpu_same_gradients_and_restored():
-    torch.manual_seed(0)
-    model = create_model("audiomae", "tiny", 32, 4, depth=2).train()
-    x, y = torch.randn(3, 32, 128), torch.tensor([0, 1, 3])
-    fused = _grads(model, x, y)
-    with T.training_attention(model, torch.device("cpu")):
-        assert [b.attn.fused_attn for b in model.blocks] == [False, False]
-        explicit = _grads(model, x, y)
-    assert [b.attn.fused_attn for b in model.blocks] == [True, True]
-    assert torch.allclose(fused, explicit, atol=1e-5, rtol=1e-4)
-    # Restored even when training fails; other devices keep the fused path.
-    with pytest.raises(RuntimeError), T.training_attention(model, torch.device("cpu")):
-        raise RuntimeError("boom")
-    assert all(b.attn.fused_attn for b in model.blocks)
-    with T.training_attention(model, torch.device("cuda")):
-        assert all(b.attn.fused_attn for b in model.blocks)
-
-
-def test_optimizer_is_fused_adamw():
-    model = create_model("ast", "tiny", 32, 4, depth=1)
-    opt = T.adamw(T.param_groups(model, 0.05), lr=1e-3, betas=(0.9, 0.999))
-    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"] is True

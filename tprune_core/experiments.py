@@ -55,7 +55,8 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
     """Every zoo entry under every setting on ``split``: one row each, cached per (checkpoint, split, setting,
     batch size, precision). ``precision=None``: each model's training precision, as its zoo test accuracy was
     measured (the laptop zoo trains with bf16 autocast, about 1.5x faster than fp32 on a CPU with AVX512-BF16)."""
-    from .train import apply_run_pruning, evaluate
+    from .evaluation import evaluate
+    from .train import apply_run_pruning
     from .zoo import load_zoo_model
 
     root = cache_root() / "evals"

@@ -23,22 +23,20 @@ protocol as the fine-tune, or the test fold leaks in unlabeled form.
 """
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 from timm.models.vision_transformer import Block
 
 from .errors import CheckpointError, ConfigError
-from .models import PATCH, SIZES, create_model, patch_grid, patch_pixels
-from .train import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch, lr_at,
-                    optimizer_step, param_groups, read_json, resolve_device, resume_state, rng_state, save_atomic,
-                    training_attention, zoo_root)
+from .loop import Task, run_epochs
+from .models import create_model, patch_grid, patch_pixels
+from .rules import PATCH, PRECISIONS, SIZES
+from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch,
+                      param_groups, read_json, resolve_device, run_dir_for, save_atomic)
 
 
 @dataclass
@@ -80,8 +78,8 @@ class MAEConfig:
             raise ConfigError(f"MAEConfig.crop_frames: expected a positive multiple of {PATCH}, got {self.crop_frames}")
         if not 0 < self.mask_ratio < 1:
             raise ConfigError(f"MAEConfig.mask_ratio: expected a number in (0, 1), got {self.mask_ratio}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ConfigError(f"MAEConfig.precision: expected 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"MAEConfig.precision: expected {alternatives(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.warmup_epochs <= self.epochs or self.epochs < 1:
             raise ConfigError(f"MAEConfig.epochs/warmup_epochs: expected epochs >= 1 and warmup within, got "
                               f"{self.epochs}/{self.warmup_epochs}")
@@ -263,94 +261,66 @@ def sample_windows(pool_x: list, clip_ids: torch.Tensor, crop: int, generator) -
     return torch.stack(xs).float(), torch.tensor(rows)
 
 
+class Pretraining(Task):
+    """``pretrain``'s part of the shared epoch loop: masked windows from the pooled clips, no validation, the encoder
+    (encoder.pt) and mae.json at the end."""
+    lr_hint = "lower MAEConfig.lr"
+    zero = (0.0, 0)   # loss * windows, windows
+
+    def __init__(self, cfg: MAEConfig, pool: list, index: torch.Tensor, run_dir, mae, opt, device):
+        tag = f"mae/{'+'.join(s['dataset'] for s in cfg.sources)}/s{cfg.seed}"
+        super().__init__(cfg, run_dir, tag, mae, opt, device, len(index))
+        self.pool, self.pool_x, self.index = pool, [fs.x for fs in pool], index
+
+    def step(self, idx, step):
+        cfg, mae = self.cfg, self.model
+        # Windows and masks depend only on (seed, step): resumable without extra RNG state.
+        g = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 104_729 + 1)
+        x, row0 = sample_windows(self.pool_x, self.index[idx], cfg.crop_frames, g)
+        keep, mask, restore = random_masking(len(x), mae.rows * mae.cols, cfg.mask_ratio, g)
+        x, row0, keep, mask, restore = (t.to(self.device) for t in (x, row0, keep, mask, restore))
+        with autocast(self.device, cfg.precision):
+            loss, _ = mae(x, row0, keep, mask, restore)
+        return loss, (loss.item() * len(x), len(x))
+
+    def postfix(self, sums):
+        return {"loss": f"{sums[0] / sums[1]:.4f}"}
+
+    def end_epoch(self, epoch, sums):
+        return {"loss": sums[0] / max(sums[1], 1)}
+
+    def describe(self, row):
+        return f"loss {row['loss']:.4f}"
+
+    def finish(self, history) -> Path:
+        cfg = self.cfg
+        save_atomic({"encoder": self.model.encoder_state(), "config": cfg.to_dict(), "hash": cfg.hash(),
+                     "train_version": TRAIN_VERSION}, self.run_dir / "encoder.pt")
+        summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "history": history,
+                   "final_loss": history[-1]["loss"], "train_seconds": history[-1]["seconds"], "steps": self.total,
+                   "n_clips": self.n, "device": str(self.device),
+                   "sources": [{"dataset": s["dataset"], "split": "train", "clips": len(fs.x),
+                                "source": getattr(fs, "source", None)} for s, fs in zip(cfg.sources, self.pool)]}
+        save_atomic(summary, self.run_dir / "mae.json")
+        return self.run_dir
+
+
 def pretrain(cfg: MAEConfig, pool=None) -> Path:
     """Pretrain (or resume, or find) the MAE of ``cfg``; returns the run folder holding ``encoder.pt``.
     ``pool``: the training FeatureSets (default: loaded from ``cfg.sources``)."""
-    run_dir = zoo_root() / cfg.hash()
+    run_dir = run_dir_for(cfg)
     if (run_dir / "mae.json").is_file():
         return run_dir
     pool = load_pool(cfg, cfg.progress) if pool is None else pool
     device = resolve_device(cfg.device)
     index = torch.tensor([(s, i) for s, fs in enumerate(pool) for i in range(len(fs.x))])
-    n = len(index)
-    steps_per_epoch = n // cfg.batch_size
-    if steps_per_epoch < 1:
-        raise ConfigError(f"MAEConfig.batch_size={cfg.batch_size} exceeds the {n} pooled training clips")
-    total, warmup = steps_per_epoch * cfg.epochs, round(cfg.warmup_epochs * steps_per_epoch)
-    pool_x = [fs.x for fs in pool]
-    tag = f"mae/{'+'.join(s['dataset'] for s in cfg.sources)}/s{cfg.seed}"
-
+    if len(index) // cfg.batch_size < 1:
+        raise ConfigError(f"MAEConfig.batch_size={cfg.batch_size} exceeds the {len(index)} pooled training clips")
     with cpu_threads(cfg.threads), deterministic(device):
         torch.manual_seed(cfg.seed)
         mae = MaskedAutoencoder(cfg).to(device)
         opt = adamw(param_groups(mae, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.95))
-        step, history, elapsed, partial_sum = 0, [], 0.0, (0.0, 0)
-        state_path = run_dir / "state.pt"
-        st = resume_state(state_path, cfg, mae, opt, device)
-        if st is not None:
-            step, history, elapsed, partial_sum = st["step"], st["history"], st["elapsed"], st["epoch_stats"]
-            print(f"[{tag}] resuming {run_dir.name} at step {step}/{total}", file=sys.stderr)
-        else:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_atomic({"hash": cfg.hash(), "config": cfg.to_dict()}, run_dir / "config.json")
-        t0 = time.perf_counter()
-        steps_session = 0
-
-        def save_state():
-            save_atomic({"hash": cfg.hash(), "model": mae.state_dict(), "optimizer": opt.state_dict(),
-                         "rng": rng_state(device), "step": step, "history": history,
-                         "elapsed": elapsed + time.perf_counter() - t0, "epoch_stats": (loss_sum, seen)}, state_path)
-
-        mae.train()
-        while step < total:
-            epoch, first = divmod(step, steps_per_epoch)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-            loss_sum, seen = partial_sum if first else (0.0, 0)
-            bar = tqdm(range(first, steps_per_epoch), desc=f"{tag} ep {epoch + 1}/{cfg.epochs}", unit="it",
-                       leave=False, disable=not cfg.progress, file=sys.stderr, initial=first, total=steps_per_epoch,
-                       mininterval=0.5 if sys.stderr.isatty() else 30.0)
-            with training_attention(mae, device):
-                for b in bar:
-                    # Windows and masks depend only on (seed, step): resumable without extra RNG state.
-                    g = torch.Generator().manual_seed(cfg.seed * 7_919 + step * 104_729 + 1)
-                    ids = index[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
-                    x, row0 = sample_windows(pool_x, ids, cfg.crop_frames, g)
-                    keep, mask, restore = random_masking(len(x), mae.rows * mae.cols, cfg.mask_ratio, g)
-                    x, row0, keep, mask, restore = (t.to(device) for t in (x, row0, keep, mask, restore))
-                    lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
-                    for grp in opt.param_groups:
-                        grp["lr"] = lr
-                    with autocast(device, cfg.precision):
-                        loss, _ = mae(x, row0, keep, mask, restore)
-                    if not torch.isfinite(loss):
-                        raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower MAEConfig.lr")
-                    optimizer_step(loss, mae, opt, cfg.grad_clip)
-                    step += 1
-                    steps_session += 1
-                    loss_sum, seen = loss_sum + loss.item() * len(x), seen + len(x)
-                    # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
-                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}", refresh=False)
-                    if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
-                        save_state()
-            bar.close()
-            row = {"epoch": epoch + 1, "step": step, "lr": lr, "loss": loss_sum / max(seen, 1),
-                   "seconds": elapsed + time.perf_counter() - t0}
-            history.append(row)
-            save_state()
-            save_atomic({"hash": cfg.hash(), "config": cfg.to_dict(), "history": history}, run_dir / "log.json")
-            eta = (time.perf_counter() - t0) / max(steps_session, 1) * (total - step)
-            tqdm.write(f"[{tag}] epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.4f}  lr {lr:.2e}  "
-                       f"{row['seconds']:.0f}s  ETA {eta:.0f}s", file=sys.stderr)
-
-        save_atomic({"encoder": mae.encoder_state(), "config": cfg.to_dict(), "hash": cfg.hash(),
-                     "train_version": TRAIN_VERSION}, run_dir / "encoder.pt")
-    summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "history": history, "final_loss": history[-1]["loss"],
-               "train_seconds": history[-1]["seconds"], "steps": total, "n_clips": n, "device": str(device),
-               "sources": [{"dataset": s["dataset"], "split": "train", "clips": len(fs.x),
-                            "source": getattr(fs, "source", None)} for s, fs in zip(cfg.sources, pool)]}
-    save_atomic(summary, run_dir / "mae.json")
-    state_path.unlink(missing_ok=True)
-    return run_dir
+        return run_epochs(Pretraining(cfg, pool, index, run_dir, mae, opt, device))
 
 
 def summary(run_dir) -> dict:

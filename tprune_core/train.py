@@ -1,10 +1,10 @@
-"""Supervised training, pruning-aware fine-tuning and evaluation of the audio ViTs, with resumable cached runs.
+"""Supervised training and pruning-aware fine-tuning of the audio ViTs, with resumable cached runs.
 
     cfg = TrainConfig(family="ast", dataset="speechcommands", frames=96, epochs=12, seed=0)
     run_dir = train_run(cfg)          # trains, resumes or finds $TPRUNE_CACHE/zoo/<hash>/ (selection on "val")
     result = test_run(run_dir)        # the selected checkpoint on "test", once (cached in test.json)
     model, meta = load_checkpoint(run_dir)
-    evaluate(model, features, method="topk", keep_rate=0.5)   # accuracy, n_clips, gmacs_per_clip, ...
+    evaluate(model, features, method="topk", keep_rate=0.5)   # accuracy, n_clips, ... (tprune_core.evaluation)
 
 A run lives in a folder named by a hash of every config field that changes its numbers (`config_hash`):
 ``state.pt`` (model, optimizer, step, RNG states; rewritten atomically every ``ckpt_every`` steps and after every
@@ -12,7 +12,8 @@ epoch, deleted once the run is done), ``best.pt`` (the epoch with the best valid
 ``log.json`` (config and one row per epoch), ``train.json`` (written last: the run is complete) and ``test.json``.
 Rerunning the same command after a kill continues from ``state.pt`` and ends with the same weights as a run that was
 never interrupted (CPU; the learning-rate and keep-rate schedules are pure functions of the step, the data order of
-an epoch is a pure function of (seed, epoch), and the global RNG states are checkpointed).
+an epoch is a pure function of (seed, epoch), and the global RNG states are checkpointed). The epoch loop itself is
+``loop.run_epochs``, shared with MAE pretraining; ``Supervised`` is what this module plugs into it.
 
 Model selection is structural: ``fit`` receives the training and validation FeatureSets only, ``train_run`` loads
 just those two splits, and the test split is read by ``test_run`` alone, after training has finished.
@@ -22,30 +23,30 @@ follows ``keep_rate_schedule`` every iteration: 1.0 for ``prune_hold_epochs``, a
 ``prune_shrink_epochs``, then fixed. SpecAugment, mixup (when on) and label smoothing stay on throughout: the shrink
 changes only how many tokens the blocks see, so the network adapts to pruning under the same regularization it was
 trained with. Validation (and so selection) uses the target keep rate at every epoch.
+
+Runtime pieces (devices, files, RNG, optimizer) live in ``runtime`` and evaluation in ``evaluation``; the names
+other code imported from here before (``evaluate``, ``read_json``, ``zoo_root``, ``config_hash``, ...) still work.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import math
-import os
-import sys
-import tempfile
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from . import pruning
 from .errors import CheckpointError, ConfigError
-from .models import FAMILIES, PATCH, SIZES, create_model, explicit_attention
-
-TRAIN_VERSION = 2   # bump when the training code changes its numbers in a way the config does not show
-# Fields that only change how a run is executed, never its numbers: left out of the hash.
-OPERATIONAL = ("device", "threads", "ckpt_every", "eval_batch_size", "progress")
+from .evaluation import crop_frames, evaluate
+from .loop import Task, run_epochs
+from .mae import load_encoder
+from .models import create_model
+from .rules import FAMILIES, METHODS, PATCH, PRECISIONS, SIZES
+from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch,
+                      param_groups, read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
+# Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
+from .runtime import OPERATIONAL, lr_at, training_attention  # noqa: F401
 
 
 @dataclass
@@ -139,84 +140,12 @@ def validate(cfg: TrainConfig):
     need(cfg.prune_hold_epochs >= 0 and cfg.prune_shrink_epochs >= 0 and (
          cfg.prune_method is None or cfg.prune_hold_epochs + cfg.prune_shrink_epochs <= cfg.epochs), "prune_hold_epochs",
          f"hold + shrink epochs within epochs={cfg.epochs}")
-    need(cfg.precision in ("auto", "fp32", "bf16"), "precision", "'auto', 'fp32' or 'bf16'")
+    need(cfg.precision in PRECISIONS, "precision", alternatives(PRECISIONS))
     need(isinstance(cfg.ckpt_every, int) and cfg.ckpt_every >= 1, "ckpt_every", "an int >= 1")
-    if cfg.prune_method is not None:
-        from .pruning import METHODS
-        need(cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
+    need(cfg.prune_method is None or cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
 
 
-def config_hash(cfg) -> str:
-    """12 hex digits of sha256 over every field that changes a run's numbers (and the code version)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL}
-    d["_kind"], d["_version"] = type(cfg).__name__, TRAIN_VERSION
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-# ---------------------------------------------------------------------------------------------- files and folders
-
-def zoo_root() -> Path:
-    from .cache import cache_root
-    return cache_root() / "zoo"
-
-
-def run_dir_for(cfg) -> Path:
-    return zoo_root() / cfg.hash()
-
-
-def save_atomic(obj, path: Path):
-    """torch.save / JSON to a temporary file in the same folder, fsync, then rename: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if path.suffix == ".json":
-                f.write(json.dumps(obj, indent=1, default=str).encode())
-            else:
-                torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: cannot read JSON ({exc})") from exc
-
-
-def load_torch(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a damaged or foreign file: say which
-        raise CheckpointError(f"{path}: cannot read checkpoint ({exc})") from exc
-
-
-def weights_digest(model) -> str:
-    """sha256 of every tensor of the state_dict (names and bytes): a fingerprint to compare runs bit for bit."""
-    h = hashlib.sha256()
-    for name, t in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-# ---------------------------------------------------------------------------------------------- schedules
-
-def lr_at(step: int, total_steps: int, warmup_steps: int, lr: float, min_lr: float = 0.0) -> float:
-    """Linear warmup from 0 to ``lr`` over ``warmup_steps``, then a cosine down to ``min_lr`` at ``total_steps``."""
-    if step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    span = max(1, total_steps - warmup_steps)
-    t = min(1.0, (step - warmup_steps) / span)
-    return min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-
+# ---------------------------------------------------------------------------------------------- schedules and models
 
 def keep_rate_schedule(step: int, total_steps: int, target: float, hold_steps: int, shrink_steps: int) -> float:
     """Keep rate at iteration ``step``: 1.0 for ``hold_steps``, a cosine from 1.0 to ``target`` over
@@ -234,23 +163,6 @@ def keep_rate_schedule(step: int, total_steps: int, target: float, hold_steps: i
         return float(target)
     t = (step - hold_steps) / shrink_steps
     return float(target + (1.0 - target) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-# ---------------------------------------------------------------------------------------------- augmentation
-
-def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
-    """(B, T, mel) -> (B, frames, mel): a random window per clip (training) or the first ``frames`` (evaluation,
-    matching features.pad_or_crop)."""
-    t = x.shape[1]
-    if t == frames:
-        return x
-    if t < frames:
-        raise ConfigError(f"features have {t} frames; the model needs at least {frames}")
-    if not random:
-        return x[:, :frames]
-    start = torch.randint(0, t - frames + 1, (x.shape[0],), generator=generator)
-    idx = (start[:, None] + torch.arange(frames)).to(x.device)
-    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
 
 
 class SpecAugment(torch.nn.Module):
@@ -271,98 +183,6 @@ class SpecAugment(torch.nn.Module):
         return spec.squeeze(1).transpose(1, 2)
 
 
-# ---------------------------------------------------------------------------------------------- devices
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r}: CUDA is not available on this machine")
-    return dev
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA by default (no loss scaler needed), on CPU only when asked for."""
-    use = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use)
-
-
-@contextlib.contextmanager
-def cpu_threads(n: int | None):
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
-@contextlib.contextmanager
-def deterministic(device: torch.device):
-    """Deterministic kernels on CPU (cheap there); on CUDA they would need CUBLAS_WORKSPACE_CONFIG and cost speed."""
-    old = torch.are_deterministic_algorithms_enabled()
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(old)
-
-
-def rng_state(device: torch.device) -> dict:
-    s = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
-        s["cuda"] = torch.cuda.get_rng_state(device)
-    return s
-
-
-def set_rng_state(state: dict, device: torch.device):
-    torch.set_rng_state(state["cpu"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-# ---------------------------------------------------------------------------------------------- models
-
-def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
-    """The saved state of an interrupted run with model, optimizer and RNG restored from it; None: a fresh run."""
-    if not state_path.is_file():
-        return None
-    st = load_torch(state_path)
-    if st.get("hash") != cfg.hash():
-        raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {cfg.hash()}")
-    model.load_state_dict(st["model"])
-    opt.load_state_dict(st["optimizer"])
-    set_rng_state(st["rng"], device)
-    return st
-
-
-def adamw(groups, lr: float, betas: tuple) -> torch.optim.AdamW:
-    """AdamW with the fused kernel (CPU and CUDA). On 2 CPU cores the default per-parameter loop took 40 ms of a
-    330 ms ViT-tiny step (batch 32, 49 tokens), the fused kernel 12 ms."""
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
-
-
-def training_attention(module, device: torch.device):
-    """Explicit (matmul + softmax) attention in every block while training on CPU, timm's fused path otherwise.
-
-    PyTorch's CPU flash-attention backward is slow for short sequences: 7 ms per block for ViT-tiny at batch 32 and
-    49 tokens, a quarter of the training step; the explicit path makes the step ~20% faster. Evaluation keeps the
-    fused path (its forward is fine)."""
-    return explicit_attention(module) if device.type == "cpu" else contextlib.nullcontext()
-
-
-def optimizer_step(loss, module, opt, grad_clip: float):
-    """One update: backward, optional gradient-norm clipping, step (shared by supervised and MAE training)."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
-    opt.step()
-
-
 def build_model(cfg: TrainConfig, num_classes: int):
     """The config's model, initialized from scratch, from an MAE encoder or from another run's selected weights."""
     model = create_model(cfg.family, cfg.size, cfg.frames, num_classes, mel=cfg.mel, drop_path_rate=cfg.drop_path)
@@ -370,7 +190,6 @@ def build_model(cfg: TrainConfig, num_classes: int):
         return model
     kind, ref = cfg.init.split(":", 1)
     if kind == "mae":
-        from .mae import load_encoder
         load_encoder(model, zoo_root() / ref / "encoder.pt")
     else:
         parent = load_torch(_best_path(zoo_root() / ref))
@@ -382,17 +201,6 @@ def build_model(cfg: TrainConfig, num_classes: int):
             raise CheckpointError(f"init={cfg.init}: parent has {len(parent['classes'])} classes, data has {num_classes}")
         model.load_state_dict(parent["model"])
     return model
-
-
-def param_groups(model, weight_decay: float) -> list:
-    """No weight decay on biases, norms, position embeddings and prefix tokens (as DeiT/MAE)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or name in ("pos_embed", "cls_token", "reg_token") or name.endswith("_token")
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def _best_path(path) -> Path:
@@ -423,75 +231,6 @@ def load_checkpoint(path, device="cpu"):
     return model.to(device), meta
 
 
-# ---------------------------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), batch_size=128, options=None,
-             split=None, precision="fp32", progress=False, shared=None) -> dict:
-    """Accuracy and mean GMACs per clip of ``model`` on a FeatureSet (or anything with ``.x``, ``.y``).
-
-    ``method=None`` evaluates the model as it is (patched or not); a method patches it for the call and puts the
-    previous state back afterwards. Clips longer than the model's input are cut to their first ``model.frames``.
-    ``shared``: a dict that calls over the same model, features, batch size and precision pass along; the unpruned
-    blocks before the first drop location are then computed once per batch and reused (same numbers).
-    """
-    from .macs import model_macs
-    from .pruning import apply_pruning, forward_from, hidden_before, last_forward, remove_pruning, settings
-    x_all, y_all = features.x, torch.as_tensor(features.y)
-    if x_all.dim() != 3 or x_all.shape[2] != model.mel:
-        raise ConfigError(f"evaluate: features must be (N, frames, {model.mel}), got {tuple(x_all.shape)}")
-    if len(x_all) == 0:
-        raise ConfigError("evaluate: the feature set is empty")
-    device = next(model.parameters()).device
-    before = settings(model)
-    options = dict(options or {})
-    if method is not None:
-        apply_pruning(model, method, keep_rate, drop_loc, **options)
-    state = settings(model)
-    was_training = model.training
-    model.eval()
-    correct, macs, tokens, empty = 0, [], [], 0
-    try:
-        bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
-                   disable=not progress, file=sys.stderr)
-        # blocks before the first drop are unpruned: with ``shared`` they run once per batch for all settings
-        start = min(state.drop_loc) if (shared is not None and method is not None) else 0
-        for i in bar:
-            x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
-            with autocast(device, precision):
-                if start > 0:
-                    key = (id(features), i, batch_size, precision, start)
-                    if key not in shared:
-                        shared[key] = hidden_before(model, x, start)
-                    logits = forward_from(model, x, shared[key], start)
-                else:
-                    logits = model(x)
-            correct += (logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum().item()
-            last = last_forward(model) if state is not None else None
-            t = last.tokens if last is not None else None
-            m = model_macs(model, t)
-            macs.append(m.expand(len(x)) if m.numel() == 1 else m)
-            if t is not None:
-                tokens.append(t[..., 0].float())
-                empty += last.n_empty  # intensity_range clips left with no patch token
-    finally:
-        if method is not None:
-            remove_pruning(model)
-            if before is not None:
-                apply_pruning(model, before.method, before.keep_rate, before.drop_loc, **before.options)
-        model.train(was_training)
-    n = len(x_all)
-    out = {"accuracy": correct / n, "n_clips": n, "n_correct": correct,
-           "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,
-           "method": state.method if state else None, "keep_rate": state.keep_rate if state else 1.0,
-           "drop_loc": list(state.drop_loc) if state else list(drop_loc),
-           "split": split if split is not None else getattr(features, "split", None) or None,
-           "n_empty": empty}
-    if tokens:
-        out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- data
 
 def load_split(cfg: TrainConfig, split: str, progress: bool = True):
@@ -513,137 +252,103 @@ def _check_sets(cfg, train_set, val_set):
         raise ConfigError(f"TrainConfig.batch_size: {cfg.batch_size} is more than the {len(train_set.x)} training clips")
 
 
-# ---------------------------------------------------------------------------------------------- the loop
+# ---------------------------------------------------------------------------------------------- training
+
+class Supervised(Task):
+    """``fit`` in the shared loop: augmented batches, keep-rate schedule, validation, best.pt, train.json."""
+    zero = (0.0, 0.0, 0.0)   # loss * clips, correct clips, clips
+
+    def __init__(self, cfg: TrainConfig, train_set, val_set, run_dir, model, opt, device):
+        tag = f"{cfg.family}/{cfg.dataset}/s{cfg.seed}" + (f"/{cfg.prune_method}@{cfg.keep_rate:g}"
+                                                          if cfg.prune_method else "")
+        super().__init__(cfg, run_dir, tag, model, opt, device, len(train_set.x))
+        self.train_set, self.val_set = train_set, val_set
+        self.x, self.y = train_set.x, torch.as_tensor(train_set.y)
+        self.lr_hint = f"lower TrainConfig.lr (now {cfg.lr}) or use precision='fp32'"
+        self.augment = SpecAugment(cfg.freq_mask, cfg.time_mask)
+        self.hold = min(round(cfg.prune_hold_epochs * self.steps_per_epoch), self.total)
+        self.shrink = min(round(cfg.prune_shrink_epochs * self.steps_per_epoch), self.total - self.hold)  # no overrun
+        self.kr, self.val, self.best = 1.0, None, None
+
+    def step(self, idx, step):
+        cfg = self.cfg
+        x, y = self.augment(crop_frames(self.x[idx].float(), cfg.frames, random=True)), self.y[idx]
+        if cfg.mixup > 0:
+            lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
+            mate = torch.randperm(len(idx))
+            x = lam * x + (1 - lam) * x[mate]
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        if cfg.prune_method:
+            self.kr = keep_rate_schedule(step, self.total, cfg.keep_rate, self.hold, self.shrink)
+            pruning.set_keep_rate(self.model, self.kr)
+        with autocast(self.device, cfg.precision):
+            logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if cfg.mixup > 0:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate],
+                                                                label_smoothing=cfg.label_smoothing)
+        return loss, (loss.item() * len(idx), (logits.argmax(1) == y).sum().item(), len(idx))
+
+    def postfix(self, sums):
+        loss_sum, correct, seen = sums
+        return {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}",
+                **({"keep": f"{self.kr:.2f}"} if self.cfg.prune_method else {})}
+
+    def end_epoch(self, epoch, sums):
+        cfg, (loss_sum, correct, seen) = self.cfg, sums
+        if cfg.prune_method:
+            pruning.set_keep_rate(self.model, cfg.keep_rate)
+        self.val = evaluate(self.model, self.val_set, batch_size=cfg.eval_batch_size, split="val",
+                            precision=cfg.precision)
+        return {"keep_rate": self.kr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
+                "val_acc": self.val["accuracy"], "val_gmacs": self.val["gmacs_per_clip"]}
+
+    def keep_best(self, row):
+        if self.best is None or row["val_acc"] > self.best["val_acc"]:
+            self.best = {"epoch": row["epoch"], "val_acc": row["val_acc"], "val": self.val}
+            save_atomic({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "hash": self.cfg.hash(),
+                         "classes": list(self.train_set.classes), "norm": getattr(self.train_set, "norm", None),
+                         "epoch": row["epoch"], "val": self.val, "train_version": TRAIN_VERSION},
+                        self.run_dir / "best.pt")
+
+    def describe(self, row):
+        return (f"loss {row['train_loss']:.3f}  train_acc {row['train_acc']:.3f}  val_acc {row['val_acc']:.3f}"
+                + (f"  keep {row['keep_rate']:.2f}" if self.cfg.prune_method else ""))
+
+    def state(self):
+        return {"best": self.best, "prune_calls": pruning.call_count(self.model) if self.cfg.prune_method else 0}
+
+    def restore(self, st):
+        self.best = st["best"]
+        if self.cfg.prune_method:
+            pruning.set_call_count(self.model, st.get("prune_calls", 0))
+
+    def finish(self, history) -> dict:
+        cfg, best = self.cfg, self.best
+        summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "classes": list(self.train_set.classes),
+                   "best_epoch": best["epoch"], "val_accuracy": best["val_acc"], "val": best["val"],
+                   "history": history, "train_seconds": history[-1]["seconds"], "steps": self.total,
+                   "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "n_train": self.n, "n_val": len(self.val_set.x),
+                   "train_source": getattr(self.train_set, "source", None), "final_sha256": weights_digest(self.model)}
+        save_atomic(summary, self.run_dir / "train.json")
+        return summary
+
 
 def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
     """Train ``cfg`` on ``train_set``, select the epoch with the best accuracy on ``val_set``; resumable.
 
     Never sees the test split (it is not an argument). Returns the summary also written to ``train.json``.
     """
-    from .pruning import apply_pruning, call_count, set_call_count, set_keep_rate
-    run_dir = Path(run_dir)
     _check_sets(cfg, train_set, val_set)
     device = resolve_device(cfg.device)
-    classes = list(train_set.classes)
-    x_train, y_train = train_set.x, torch.as_tensor(train_set.y)
-    n = len(x_train)
-    steps_per_epoch = n // cfg.batch_size           # the last partial batch is dropped
-    total = steps_per_epoch * cfg.epochs
-    warmup = round(cfg.warmup_epochs * steps_per_epoch)
-    hold = min(round(cfg.prune_hold_epochs * steps_per_epoch), total)
-    shrink = min(round(cfg.prune_shrink_epochs * steps_per_epoch), total - hold)   # rounding must not overrun
-    tag = f"{cfg.family}/{cfg.dataset}/s{cfg.seed}" + (f"/{cfg.prune_method}@{cfg.keep_rate:g}" if cfg.prune_method else "")
-
     with cpu_threads(cfg.threads), deterministic(device):
         torch.manual_seed(cfg.seed)
-        model = build_model(cfg, len(classes)).to(device)
+        model = build_model(cfg, len(train_set.classes)).to(device)
         if cfg.prune_method:
-            apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc, **cfg.prune_options)
+            pruning.apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc, **cfg.prune_options)
         opt = adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-        augment = SpecAugment(cfg.freq_mask, cfg.time_mask)
-        step, history, best, elapsed = 0, [], None, 0.0
-        state_path = run_dir / "state.pt"
-        st = resume_state(state_path, cfg, model, opt, device)
-        if st is not None:
-            step, history, best, elapsed = st["step"], st["history"], st["best"], st["elapsed"]
-            partial = st.get("epoch_stats", (0.0, 0.0, 0.0))
-            if cfg.prune_method:
-                set_call_count(model, st.get("prune_calls", 0))
-            print(f"[{tag}] resuming {run_dir.name} at step {step}/{total} (epoch {step // steps_per_epoch + 1})",
-                  file=sys.stderr)
-        else:
-            partial = (0.0, 0.0, 0.0)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_atomic({"hash": cfg.hash(), "config": cfg.to_dict()}, run_dir / "config.json")
-        threads = torch.get_num_threads()
-
-        def save_state():
-            save_atomic({"hash": cfg.hash(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                         "rng": rng_state(device), "step": step, "history": history, "best": best,
-                         "elapsed": elapsed + time.perf_counter() - t_session,
-                         "epoch_stats": (loss_sum, correct, seen),
-                         "prune_calls": call_count(model) if cfg.prune_method else 0}, state_path)
-
-        t_session, steps_session = time.perf_counter(), 0
-        model.train()
-        while step < total:
-            epoch, first = divmod(step, steps_per_epoch)
-            # The epoch's clip order depends only on (seed, epoch): a resumed run sees the same batches.
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-            # Running loss/accuracy of this epoch (restored mid-epoch so the log matches an uninterrupted run).
-            loss_sum, correct, seen = partial if first else (0.0, 0.0, 0.0)
-            bar = tqdm(range(first, steps_per_epoch), desc=f"{tag} ep {epoch + 1}/{cfg.epochs}", unit="it",
-                       leave=False, disable=not cfg.progress, file=sys.stderr, initial=first, total=steps_per_epoch,
-                       mininterval=0.5 if sys.stderr.isatty() else 30.0)
-            with training_attention(model, device):
-                for b in bar:
-                    idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                    x = crop_frames(x_train[idx].float(), cfg.frames, random=True)
-                    x, y = augment(x), y_train[idx]
-                    if cfg.mixup > 0:
-                        lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
-                        mate = torch.randperm(len(idx))
-                        x = lam * x + (1 - lam) * x[mate]
-                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                    lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
-                    for g in opt.param_groups:
-                        g["lr"] = lr
-                    kr = keep_rate_schedule(step, total, cfg.keep_rate, hold, shrink) if cfg.prune_method else 1.0
-                    if cfg.prune_method:
-                        set_keep_rate(model, kr)
-                    with autocast(device, cfg.precision):
-                        logits = model(x)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                        if cfg.mixup > 0:
-                            loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate],
-                                                                            label_smoothing=cfg.label_smoothing)
-                    if not torch.isfinite(loss):
-                        raise ConfigError(f"[{tag}] loss became {loss.item()} at step {step}; lower TrainConfig.lr "
-                                          f"(now {cfg.lr}) or use precision='fp32'")
-                    optimizer_step(loss, model, opt, cfg.grad_clip)
-                    step += 1
-                    steps_session += 1
-                    loss_sum += loss.item() * len(idx)
-                    correct += (logits.argmax(1) == y).sum().item()
-                    seen += len(idx)
-                    # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False,
-                                    **({"keep": f"{kr:.2f}"} if cfg.prune_method else {}))
-                    if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
-                        save_state()
-            bar.close()
-            # End of epoch: validate at the target keep rate, keep the best, checkpoint.
-            if cfg.prune_method:
-                set_keep_rate(model, cfg.keep_rate)
-            val = evaluate(model, val_set, batch_size=cfg.eval_batch_size, split="val", precision=cfg.precision)
-            row = {"epoch": epoch + 1, "step": step, "lr": lr, "keep_rate": kr,
-                   "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                   "val_acc": val["accuracy"], "val_gmacs": val["gmacs_per_clip"],
-                   "seconds": elapsed + time.perf_counter() - t_session}
-            history.append(row)
-            if best is None or val["accuracy"] > best["val_acc"]:
-                best = {"epoch": epoch + 1, "val_acc": val["accuracy"], "val": val}
-                save_atomic({"model": model.state_dict(), "config": cfg.to_dict(), "hash": cfg.hash(),
-                             "classes": classes, "norm": getattr(train_set, "norm", None), "epoch": epoch + 1,
-                             "val": val, "train_version": TRAIN_VERSION}, run_dir / "best.pt")
-            save_state()
-            save_atomic({"hash": cfg.hash(), "config": cfg.to_dict(), "history": history}, run_dir / "log.json")
-            rate = (time.perf_counter() - t_session) / max(steps_session, 1)
-            eta = rate * (total - step)
-            tqdm.write(f"[{tag}] epoch {epoch + 1}/{cfg.epochs}  loss {row['train_loss']:.3f}  "
-                       f"train_acc {row['train_acc']:.3f}  val_acc {row['val_acc']:.3f}  "
-                       + (f"keep {kr:.2f}  " if cfg.prune_method else "")
-                       + f"lr {lr:.2e}  {row['seconds']:.0f}s  ETA {eta:.0f}s", file=sys.stderr)
-
-    summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "classes": classes, "best_epoch": best["epoch"],
-               "val_accuracy": best["val_acc"], "val": best["val"], "history": history,
-               "train_seconds": history[-1]["seconds"], "steps": total, "device": str(device),
-               "threads": threads,
-               "torch": torch.__version__, "n_train": n, "n_val": len(val_set.x),
-               "train_source": getattr(train_set, "source", None), "final_sha256": weights_digest(model)}
-    save_atomic(summary, run_dir / "train.json")
-    state_path.unlink(missing_ok=True)   # optimizer state is only needed to resume
-    return summary
+        return run_epochs(Supervised(cfg, train_set, val_set, run_dir, model, opt, device))
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -669,10 +374,10 @@ def train_run(cfg: TrainConfig) -> Path:
 
 def apply_run_pruning(model, meta: dict):
     """Patch a loaded model with the pruning its run was fine-tuned for (no-op for unpruned runs)."""
-    from .pruning import apply_pruning
     c = meta["config"]
     if c.get("prune_method"):
-        apply_pruning(model, c["prune_method"], c["keep_rate"], tuple(c["drop_loc"]), **c.get("prune_options", {}))
+        pruning.apply_pruning(model, c["prune_method"], c["keep_rate"], tuple(c["drop_loc"]),
+                              **c.get("prune_options", {}))
     return model
 
 

@@ -19,7 +19,7 @@ Profiles (`ZOO`):
 Cost of ``full`` on 2 idle CPU cores (bf16 autocast), measured from an empty cache (featurization included):
 52 minutes in all (MAE 417 s, Speech Commands models 255-279 s each, UrbanSound8K 88-106 s, the 24 one-epoch
 fine-tunes 7-32 s each); `tprune zoo` prints the total. Training runs the attention explicitly on CPU and uses the
-fused AdamW kernel (``train.training_attention``, ``train.adamw``): together 27% less time per step than timm's
+fused AdamW kernel (``runtime.training_attention``, ``runtime.adamw``): together 27% less time per step than timm's
 fused attention and the default optimizer loop (71 minutes before). On a machine shared with
 other work, torch's default of 2 threads can run many times slower (spin-waiting threads); pass ``threads=1``
 (``tprune zoo --threads 1``) there.
@@ -33,7 +33,8 @@ import time
 
 from .errors import ConfigError
 from .mae import MAEConfig, pretrain
-from .train import TrainConfig, load_checkpoint, read_json, test_run, train_run, zoo_root
+from .runtime import read_json, zoo_root
+from .train import TrainConfig, load_checkpoint, test_run, train_run
 
 # Everything below is plain data. "models" holds, per dataset, the TrainConfig fields shared by both families and
 # per family the fields that differ; "prune" the fine-tune settings layered over each base model's config.

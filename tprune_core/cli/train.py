@@ -82,7 +82,8 @@ def add_parser(subparsers):
 
 def cmd_train(args):
     from ..errors import ConfigError
-    from ..train import TrainConfig, run, train_run, read_json
+    from ..runtime import read_json
+    from ..train import TrainConfig, run, train_run
     from .. import zoo as zoo_mod
 
     kw = {}
@@ -139,7 +140,8 @@ def _ensure_mae(args, kw):
 
 def cmd_eval(args):
     from ..cache import load_features
-    from ..train import TrainConfig, apply_run_pruning, evaluate, load_checkpoint
+    from ..evaluation import evaluate
+    from ..train import TrainConfig, apply_run_pruning, load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint, args.device)
     cfg = TrainConfig.from_dict(meta["config"])

@@ -1,0 +1,98 @@
+"""Accuracy and MACs of a model on a feature set, as trained or under a pruning setting.
+
+    evaluate(model, features)                                   # the model as it is (patched or not)
+    evaluate(model, features, method="topk", keep_rate=0.5)     # accuracy, n_clips, gmacs_per_clip, ...
+
+Uses only the public pruning API: a pruning setting is applied for the call and the previous one put back.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+from tqdm import tqdm
+
+from .errors import ConfigError
+from .macs import model_macs
+from .pruning import apply_pruning, forward_from, hidden_before, last_forward, remove_pruning, settings
+from .runtime import autocast
+
+
+def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
+    """(B, T, mel) -> (B, frames, mel): a random window per clip (training) or the first ``frames`` (evaluation,
+    matching features.pad_or_crop)."""
+    t = x.shape[1]
+    if t == frames:
+        return x
+    if t < frames:
+        raise ConfigError(f"features have {t} frames; the model needs at least {frames}")
+    if not random:
+        return x[:, :frames]
+    start = torch.randint(0, t - frames + 1, (x.shape[0],), generator=generator)
+    idx = (start[:, None] + torch.arange(frames)).to(x.device)
+    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
+
+
+@torch.no_grad()
+def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), batch_size=128, options=None,
+             split=None, precision="fp32", progress=False, shared=None) -> dict:
+    """Accuracy and mean GMACs per clip of ``model`` on a FeatureSet (or anything with ``.x``, ``.y``).
+
+    ``method=None`` evaluates the model as it is (patched or not); a method patches it for the call and puts the
+    previous state back afterwards. Clips longer than the model's input are cut to their first ``model.frames``.
+    ``shared``: a dict that calls over the same model, features, batch size and precision pass along; the unpruned
+    blocks before the first drop location are then computed once per batch and reused (same numbers).
+    """
+    x_all, y_all = features.x, torch.as_tensor(features.y)
+    if x_all.dim() != 3 or x_all.shape[2] != model.mel:
+        raise ConfigError(f"evaluate: features must be (N, frames, {model.mel}), got {tuple(x_all.shape)}")
+    if len(x_all) == 0:
+        raise ConfigError("evaluate: the feature set is empty")
+    device = next(model.parameters()).device
+    before = settings(model)
+    options = dict(options or {})
+    if method is not None:
+        apply_pruning(model, method, keep_rate, drop_loc, **options)
+    state = settings(model)
+    was_training = model.training
+    model.eval()
+    correct, macs, tokens, empty = 0, [], [], 0
+    try:
+        bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
+                   disable=not progress, file=sys.stderr)
+        # blocks before the first drop are unpruned: with ``shared`` they run once per batch for all settings
+        start = min(state.drop_loc) if (shared is not None and method is not None) else 0
+        for i in bar:
+            x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
+            with autocast(device, precision):
+                if start > 0:
+                    key = (id(features), i, batch_size, precision, start)
+                    if key not in shared:
+                        shared[key] = hidden_before(model, x, start)
+                    logits = forward_from(model, x, shared[key], start)
+                else:
+                    logits = model(x)
+            correct += (logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum().item()
+            last = last_forward(model) if state is not None else None
+            t = last.tokens if last is not None else None
+            m = model_macs(model, t)
+            macs.append(m.expand(len(x)) if m.numel() == 1 else m)
+            if t is not None:
+                tokens.append(t[..., 0].float())
+                empty += last.n_empty  # intensity_range clips left with no patch token
+    finally:
+        if method is not None:
+            remove_pruning(model)
+            if before is not None:
+                apply_pruning(model, before.method, before.keep_rate, before.drop_loc, **before.options)
+        model.train(was_training)
+    n = len(x_all)
+    out = {"accuracy": correct / n, "n_clips": n, "n_correct": correct,
+           "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,
+           "method": state.method if state else None, "keep_rate": state.keep_rate if state else 1.0,
+           "drop_loc": list(state.drop_loc) if state else list(drop_loc),
+           "split": split if split is not None else getattr(features, "split", None) or None,
+           "n_empty": empty}
+    if tokens:
+        out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
+    return out

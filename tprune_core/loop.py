@@ -1,0 +1,162 @@
+"""The one resumable epoch loop: supervised training (``train.fit``) and MAE pretraining (``mae.pretrain``) drive it.
+
+    class MyTask(Task):
+        zero = (0.0, 0)                           # the epoch's running sums as it starts, e.g. (loss * n, n)
+        def step(self, idx, step): ...            # one batch of example indices -> (loss, increments of the sums)
+        def end_epoch(self, epoch, sums): ...     # validation -> this epoch's own fields of the history row
+        def finish(self, history): ...            # the run's final files (train.json, encoder.pt ...)
+    with cpu_threads(cfg.threads), deterministic(device):
+        torch.manual_seed(cfg.seed)
+        model, opt = ..., ...
+        result = run_epochs(MyTask(cfg, run_dir, tag, model, opt, device, n))
+
+An epoch is ``n // batch_size`` batches (the last partial one is dropped) of a permutation of ``range(n)`` that
+depends only on (seed, epoch); the learning rate follows ``lr_at`` step by step. ``state.pt`` in the run folder
+(model, optimizer, step, global RNG states, history, elapsed time, the epoch's running sums and what the task's
+``state`` adds) is rewritten atomically every ``ckpt_every`` steps and after every epoch. Rerunning after a kill
+continues from it and ends with the same weights as a run that was never interrupted (CPU), as long as the task's
+batches are pure functions of the step and of the global RNG. ``config.json`` is written when a run starts and
+``log.json`` (config and history) after every epoch; ``state.pt`` is removed once ``finish`` has written the final
+files, so a kill at any point leaves a run that either resumes or is complete.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .errors import CheckpointError, ConfigError
+from .runtime import load_torch, lr_at, optimizer_step, rng_state, save_atomic, set_rng_state, training_attention
+
+
+class Task:
+    """One kind of training as ``run_epochs`` drives it. Subclasses implement ``step``, ``end_epoch`` and ``finish``;
+    the other hooks are optional. ``cfg`` has epochs, batch_size, seed, lr, min_lr, warmup_epochs, grad_clip,
+    ckpt_every, progress, ``hash()`` and ``to_dict()``."""
+    zero = (0.0, 0)                      # the running sums of an epoch as it starts ("epoch_stats" in state.pt)
+    lr_hint = "lower the learning rate"  # the advice when the loss stops being finite
+
+    def __init__(self, cfg, run_dir, tag: str, model, opt, device: torch.device, n: int):
+        self.cfg, self.run_dir, self.tag = cfg, Path(run_dir), tag
+        self.model, self.opt, self.device, self.n = model, opt, device, n
+        self.steps_per_epoch = n // cfg.batch_size
+        self.total = self.steps_per_epoch * cfg.epochs
+
+    def step(self, idx: torch.Tensor, step: int) -> tuple:
+        """Forward the examples ``idx`` at iteration ``step``: (loss, what it adds to each running sum)."""
+        raise NotImplementedError
+
+    def postfix(self, sums: tuple) -> dict:
+        """The progress bar's fields, from the epoch's running sums."""
+        return {}
+
+    def end_epoch(self, epoch: int, sums: tuple) -> dict:
+        """Validation after ``epoch`` (from 0): the history row's own fields (the loop adds epoch, step, lr and
+        seconds)."""
+        return {}
+
+    def keep_best(self, row: dict):
+        """Each finished history row: a task that selects an epoch keeps the best one here (best.pt)."""
+
+    def describe(self, row: dict) -> str:
+        """The row's own fields in the epoch's log line."""
+        return ""
+
+    def state(self) -> dict:
+        """What the task adds to state.pt (e.g. the best epoch so far)."""
+        return {}
+
+    def restore(self, st: dict):
+        """Take back what ``state`` saved, when a run resumes."""
+
+    def finish(self, history: list):
+        """Write the run's final files after the last epoch; ``run_epochs`` returns what this returns."""
+        raise NotImplementedError
+
+
+def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
+    """The saved state of an interrupted run with model, optimizer and RNG restored from it; None: a fresh run."""
+    if not state_path.is_file():
+        return None
+    st = load_torch(state_path)
+    if st.get("hash") != cfg.hash():
+        raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {cfg.hash()}")
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    set_rng_state(st["rng"], device)
+    return st
+
+
+def _start(task: Task, state_path: Path) -> tuple:
+    """(step, history, elapsed seconds, the epoch's running sums) to go on from: state.pt's, with everything else it
+    holds restored; or a fresh run's, whose folder and config.json are created."""
+    cfg = task.cfg
+    st = resume_state(state_path, cfg, task.model, task.opt, task.device)
+    if st is None:
+        task.run_dir.mkdir(parents=True, exist_ok=True)
+        save_atomic({"hash": cfg.hash(), "config": cfg.to_dict()}, task.run_dir / "config.json")
+        return 0, [], 0.0, task.zero
+    task.restore(st)
+    print(f"[{task.tag}] resuming {task.run_dir.name} at step {st['step']}/{task.total} "
+          f"(epoch {st['step'] // task.steps_per_epoch + 1})", file=sys.stderr)
+    return st["step"], st["history"], st["elapsed"], st.get("epoch_stats", task.zero)
+
+
+def run_epochs(task: Task):
+    """Train ``task`` to its last step, from state.pt when there is one; returns ``task.finish(history)``."""
+    cfg, model, opt = task.cfg, task.model, task.opt
+    steps_per_epoch, total = task.steps_per_epoch, task.total
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    state_path = task.run_dir / "state.pt"
+    step, history, elapsed, partial = _start(task, state_path)
+    t_session, steps_session = time.perf_counter(), 0
+
+    def save_state():
+        save_atomic({"hash": cfg.hash(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "rng": rng_state(task.device), "step": step, "history": history,
+                     "elapsed": elapsed + time.perf_counter() - t_session, "epoch_stats": sums, **task.state()},
+                    state_path)
+
+    model.train()
+    while step < total:
+        epoch, first = divmod(step, steps_per_epoch)
+        # The epoch's example order depends only on (seed, epoch): a resumed run sees the same batches.
+        perm = torch.randperm(task.n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
+        # Running sums of this epoch (restored mid-epoch so the log matches an uninterrupted run).
+        sums = partial if first else task.zero
+        bar = tqdm(range(first, steps_per_epoch), desc=f"{task.tag} ep {epoch + 1}/{cfg.epochs}", unit="it",
+                   leave=False, disable=not cfg.progress, file=sys.stderr, initial=first, total=steps_per_epoch,
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        with training_attention(model, task.device):
+            for b in bar:
+                lr = lr_at(step, total, warmup, cfg.lr, cfg.min_lr)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                loss, counts = task.step(perm[b * cfg.batch_size:(b + 1) * cfg.batch_size], step)
+                if not torch.isfinite(loss):
+                    raise ConfigError(f"[{task.tag}] loss became {loss.item()} at step {step}; {task.lr_hint}")
+                optimizer_step(loss, model, opt, cfg.grad_clip)
+                step += 1
+                steps_session += 1
+                sums = tuple(s + c for s, c in zip(sums, counts))
+                # refresh=False: shown at the bar's own refresh (with an up-to-date count), not redrawn every step
+                bar.set_postfix(refresh=False, **task.postfix(sums))
+                if step % cfg.ckpt_every == 0 and step % steps_per_epoch:
+                    save_state()
+        bar.close()
+        # End of epoch: validate, log, keep the best, checkpoint.
+        row = {"epoch": epoch + 1, "step": step, "lr": lr, **task.end_epoch(epoch, sums)}
+        row["seconds"] = elapsed + time.perf_counter() - t_session
+        history.append(row)
+        task.keep_best(row)
+        save_state()
+        save_atomic({"hash": cfg.hash(), "config": cfg.to_dict(), "history": history}, task.run_dir / "log.json")
+        eta = (time.perf_counter() - t_session) / max(steps_session, 1) * (total - step)
+        tqdm.write(f"[{task.tag}] epoch {epoch + 1}/{cfg.epochs}  {task.describe(row)}  lr {lr:.2e}  "
+                   f"{row['seconds']:.0f}s  ETA {eta:.0f}s", file=sys.stderr)
+    result = task.finish(history)
+    state_path.unlink(missing_ok=True)   # optimizer state is only needed to resume
+    return result
