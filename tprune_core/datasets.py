@@ -35,7 +35,6 @@ Data are found under `root` (the dataset folder or a folder holding it), else un
 folder names in FOLDERS (or any sub-folder whose layout matches). A path to a folder in a built-in layout loads as
 that dataset.
 """
-import csv
 import inspect
 import math
 import os
@@ -46,11 +45,13 @@ from pathlib import Path
 
 import numpy as np
 
+from . import folders
+from .clips import (AUDIO_EXT, REPO, Clip, assert_disjoint, carve_by_group, data_root,  # noqa: F401 (REPO)
+                    find_audio, missing_error, read_csv, split_by_group)
 from .errors import ConfigError, DatasetError, TpruneError
+from .synth import SYNTH_FLAVOURS, SYNTH_RATE, SYNTH_VERSION, SynthRenderer
 from .rules import DATA_SPLITS as SPLITS
 
-AUDIO_EXT = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3"}
-REPO = Path(__file__).resolve().parents[1]
 FOLDERS = {  # folder names looked for under $TPRUNE_DATA (or a root that holds them)
     "urbansound8k": ["urbansound8k", "UrbanSound8K"],
     "speechcommands": ["speechcommands-test-v0.02", "speech_commands_v0.02", "speechcommands", "SpeechCommands"],
@@ -74,14 +75,6 @@ DEFAULTS = {"ambient": "urbansound8k", "speech": "speechcommands"}
 
 class SyntheticDataWarning(UserWarning):
     """The default dataset fell back to synthetic audio because no real data was found."""
-
-
-@dataclass(frozen=True)
-class Clip:
-    path: str      # file path, or "synthetic://<flavour>/seed<seed>/<k>"
-    label: int     # 0..C-1
-    clip_id: str   # unique within the dataset, stable across machines
-    group: str     # fsID / speaker / ESC source / synthetic source: never in two splits
 
 
 @dataclass
@@ -154,17 +147,6 @@ class ClipSet:
 
 # ---------------------------------------------------------------------------------------------- finding data
 
-def data_root() -> Path | None:
-    """`$TPRUNE_DATA` as a path (a relative value is tried from the working directory, then the repo root)."""
-    value = os.environ.get("TPRUNE_DATA")
-    if not value:
-        return None
-    path = Path(value).expanduser()
-    if not path.is_absolute() and not path.exists() and (REPO / path).exists():
-        path = REPO / path
-    return path.resolve()
-
-
 def _detect(name: str, folder: Path) -> str | None:
     """The layout of `folder` for dataset `name` ("official" / "shared"), or None when it does not match."""
     if name == "urbansound8k":
@@ -192,8 +174,7 @@ def _expected(names=None) -> str:
     """The layouts of `names`; by default every built-in one and the folder layouts."""
     text = "; ".join(f"{n}: " + " | ".join(LAYOUTS[n]) for n in names or LAYOUTS)
     if names is None:
-        from .folders import expected
-        text += f"; or any folder of audio, as {expected()}"
+        text += f"; or any folder of audio, as {folders.expected()}"
     return text
 
 
@@ -211,7 +192,6 @@ def detect_layout(folder) -> tuple[str, str]:
 
 def _identify(folder: Path) -> tuple:
     """(name, layout, builder) of a dataset folder: a built-in layout first, else a folder layout."""
-    from . import folders
     for name in BUILDERS:
         layout = _detect(name, folder)
         if layout:
@@ -247,80 +227,6 @@ def locate(name: str, root=None) -> tuple[Path, str]:
 
 # ---------------------------------------------------------------------------------------------- splitting
 
-def carve_by_group(clips: list, fraction: float, seed: int) -> tuple[list, list]:
-    """Split clips into (kept, held-out) by whole groups, the held-out part holding about `fraction` of each
-    class's clips (a group counts under its most common label). Deterministic for a seed."""
-    rng = np.random.default_rng(seed)
-    by_group = defaultdict(list)
-    for c in clips:
-        by_group[c.group].append(c)
-    label_of = {g: Counter(c.label for c in cs).most_common(1)[0][0] for g, cs in by_group.items()}
-    held = set()
-    for label in sorted(set(label_of.values())):
-        groups = sorted(g for g in by_group if label_of[g] == label)
-        target, taken = fraction * sum(len(by_group[g]) for g in groups), 0
-        for i in rng.permutation(len(groups)):
-            size = len(by_group[groups[i]])
-            if abs(taken + size - target) < abs(taken - target):  # only take groups that bring us closer
-                held.add(groups[i])
-                taken += size
-    if fraction > 0 and not held and len(by_group) > 1:  # tiny data: hold out one group rather than none
-        groups = sorted(by_group, key=lambda g: (len(by_group[g]), g))
-        held.add(groups[0])
-    return [c for c in clips if c.group not in held], [c for c in clips if c.group in held]
-
-
-def split_by_group(clips: list, fractions, seed: int) -> dict:
-    """train/val/test by whole groups in a seeded random order, cut where the clip counts reach `fractions`."""
-    by_group = defaultdict(list)
-    for c in clips:
-        by_group[c.group].append(c)
-    groups = sorted(by_group)
-    bounds = np.cumsum(fractions) / np.sum(fractions) * len(clips)
-    out, seen = {"train": [], "val": [], "test": []}, 0
-    for i in np.random.default_rng(seed).permutation(len(groups)):
-        part = "train" if seen < bounds[0] else "val" if seen < bounds[1] else "test"
-        out[part] += by_group[groups[i]]
-        seen += len(by_group[groups[i]])
-    return out
-
-
-def _assert_disjoint(name: str, splits: dict, key=lambda c: c.group, what="group"):
-    parts = [p for p in ("train", "val", "test") if p in splits]
-    for i, a in enumerate(parts):
-        for b in parts[i + 1:]:
-            shared = {key(c) for c in splits[a]} & {key(c) for c in splits[b]}
-            if shared:  # a real check, not `assert`: it must survive python -O
-                raise DatasetError(f"{name}: {what}s {sorted(shared)[:5]} are in both '{a}' and '{b}'; "
-                                   f"splits must be disjoint by {what}")
-    ids = [c.clip_id for p in parts for c in splits[p]]
-    if len(ids) != len(set(ids)):
-        raise DatasetError(f"{name}: a clip id is in two splits")
-
-
-def _find_audio(path: Path) -> Path | None:
-    """`path`, or the same name with another audio extension (the shared copies are FLAC, official WAV)."""
-    if path.is_file():
-        return path
-    for ext in AUDIO_EXT:
-        other = path.with_suffix(ext)
-        if other.is_file():
-            return other
-    return None
-
-
-def _read_csv(path: Path, columns: set) -> list[dict]:
-    with open(path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a spreadsheet's byte-order mark
-        reader = csv.DictReader(f)
-        reader.fieldnames = [c.strip() for c in reader.fieldnames or ()]
-        rows = list(reader)
-    missing = columns - set(reader.fieldnames)
-    if missing:
-        raise DatasetError(f"{path}: missing columns {sorted(missing)}; expected at least {sorted(columns)}")
-    return rows
-
-
-# The official class ids of the datasets with a fixed class list: a copy that lacks some classes keeps them.
 OFFICIAL_CLASSES = {
     "urbansound8k": ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
                      "gun_shot", "jackhammer", "siren", "street_music"],
@@ -348,16 +254,11 @@ def _classes_from(rows, id_col, name_col, path, official=None) -> list:
     return [names[i] for i in range(len(names))]
 
 
-def _missing_error(folder, listing, missing):
-    return DatasetError(f"{folder}: {len(missing)} files listed in {listing} are missing, "
-                        f"e.g. {[str(m) for m in missing[:3]]}")
-
-
 # ---------------------------------------------------------------------------------------------- datasets
 
 def _urbansound8k(folder: Path, layout: str, test_fold=None, val_fraction=0.15, seed=0):
     meta = folder / "metadata" / "UrbanSound8K.csv" if layout == "official" else folder / "metadata.csv"
-    rows = _read_csv(meta, {"slice_file_name", "fsID", "fold", "classID", "class"})
+    rows = read_csv(meta, {"slice_file_name", "fsID", "fold", "classID", "class"})
     classes = _classes_from(rows, "classID", "class", meta, OFFICIAL_CLASSES["urbansound8k"])
     present = sorted(int(p.name[4:]) for p in (folder / "audio").glob("fold*") if p.is_dir() and p.name[4:].isdigit())
     by_fold, missing, listed = defaultdict(list), [], set()
@@ -365,14 +266,14 @@ def _urbansound8k(folder: Path, layout: str, test_fold=None, val_fraction=0.15, 
         k = int(r["fold"])
         if k not in present:
             continue  # a fold that is not here (the shared copy holds folds 1 and 10)
-        path = _find_audio(folder / "audio" / f"fold{k}" / r["slice_file_name"])
+        path = find_audio(folder / "audio" / f"fold{k}" / r["slice_file_name"])
         if path is None:
             missing.append(folder / "audio" / f"fold{k}" / r["slice_file_name"])
             continue
         listed.add(path.name)
         by_fold[k].append(Clip(str(path), int(r["classID"]), f"fold{k}/{Path(r['slice_file_name']).stem}", r["fsID"]))
     if missing:
-        raise _missing_error(folder, meta, missing)
+        raise missing_error(folder, meta, missing)
     unlisted = [p for k in present for p in (folder / "audio" / f"fold{k}").iterdir()
                 if p.suffix.lower() in AUDIO_EXT and p.name not in listed]
     if unlisted:
@@ -388,8 +289,8 @@ def _urbansound8k(folder: Path, layout: str, test_fold=None, val_fraction=0.15, 
     pool = [c for k in folds if k != test_fold for c in by_fold[k]]
     train, val = carve_by_group(pool, val_fraction, seed)
     splits = {"train": train, "val": val, "test": by_fold[test_fold]}
-    _assert_disjoint("urbansound8k", splits)
-    _assert_disjoint("urbansound8k", dict(train=train + val, test=splits["test"]),
+    assert_disjoint("urbansound8k", splits)
+    assert_disjoint("urbansound8k", dict(train=train + val, test=splits["test"]),
                      key=lambda c: c.clip_id.split("/")[0], what="fold")
     protocol = dict(test_fold=test_fold, train_folds=[k for k in folds if k != test_fold],
                     val_fraction=val_fraction, seed=seed)
@@ -485,13 +386,13 @@ def _speechcommands(folder: Path, layout: str, fractions=None, seed=None, extra=
             raise ConfigError(f"fractions={fractions}: expected three non-negative numbers (train, val, test)")
         splits = split_by_group(clips, fractions, seed)
         protocol = dict(split="by speaker", fractions=list(fractions), seed=seed)
-    _assert_disjoint("speechcommands", splits, what="speaker")   # speakers of both folders, all three splits
+    assert_disjoint("speechcommands", splits, what="speaker")   # speakers of both folders, all three splits
     return classes, splits, protocol, 1.0
 
 
 def _esc50(folder: Path, layout: str, test_fold=5, val_fold=4):
     meta = folder / "meta" / "esc50.csv"
-    rows = _read_csv(meta, {"filename", "fold", "target", "category", "src_file"})
+    rows = read_csv(meta, {"filename", "fold", "target", "category", "src_file"})
     classes = _classes_from(rows, "target", "category", meta)
     folds = sorted({int(r["fold"]) for r in rows})
     for pname, value in (("test_fold", test_fold), ("val_fold", val_fold)):
@@ -501,7 +402,7 @@ def _esc50(folder: Path, layout: str, test_fold=5, val_fold=4):
         raise ConfigError(f"val_fold={val_fold}: must differ from test_fold={test_fold}")
     splits, missing = {"train": [], "val": [], "test": []}, []
     for r in rows:
-        path = _find_audio(folder / "audio" / r["filename"])
+        path = find_audio(folder / "audio" / r["filename"])
         if path is None:
             missing.append(folder / "audio" / r["filename"])
             continue
@@ -509,16 +410,15 @@ def _esc50(folder: Path, layout: str, test_fold=5, val_fold=4):
         part = "test" if k == test_fold else "val" if k == val_fold else "train"
         splits[part].append(Clip(str(path), int(r["target"]), Path(r["filename"]).stem, r["src_file"]))
     if missing:
-        raise _missing_error(folder, meta, missing)
-    _assert_disjoint("esc50", splits, what="source file")
+        raise missing_error(folder, meta, missing)
+    assert_disjoint("esc50", splits, what="source file")
     protocol = dict(test_fold=test_fold, val_fold=val_fold,
                     train_folds=[k for k in folds if k not in (test_fold, val_fold)])
     return classes, splits, protocol, 5.0
 
 
 def _voxceleb1(folder: Path, layout: str, seconds=4.0):
-    from .folders import voxceleb1
-    return voxceleb1(folder, seconds)
+    return folders.voxceleb1(folder, seconds)
 
 
 BUILDERS = {"urbansound8k": _urbansound8k, "speechcommands": _speechcommands, "esc50": _esc50,
@@ -559,8 +459,7 @@ def load_dataset(name, root=None, split: str = "train", **protocol) -> ClipSet:
     if name in BUILDERS:
         folder, layout = locate(name, root)
         return _build(name, folder, layout, split, protocol)
-    from .folders import find
-    folder = find(name, root)
+    folder = folders.find(name, root)
     if folder is None:
         where = f"root={root}" if root is not None else f"TPRUNE_DATA={data_root()}"
         raise ConfigError(f"dataset {name!r}: expected one of {sorted(BUILDERS) + ['synthetic', 'default']}, "
@@ -626,7 +525,6 @@ def _summary(folder, layout, classes, splits, protocol, seconds) -> dict:
 def _folder_entries(base: Path) -> list[dict]:
     """find_datasets entries of the folder datasets in `base` (or `base` itself), under their folder names.
     Folders a built-in dataset claims are left out: its own folders and the extra Speech Commands speakers."""
-    from . import folders
     if any(_detect(name, base) for name in BUILDERS):
         return []
     out = []
@@ -646,9 +544,6 @@ def _folder_entries(base: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- synthetic
 
-SYNTH_RATE = 16000
-SYNTH_VERSION = 1  # bump when the generator changes: it is part of the feature-cache key
-SYNTH_FLAVOURS = {"speech": 1.0, "ambient": 4.0}  # flavour -> default clip length in seconds
 SYNTH_CLASSES = {
     "speech": ["rise", "fall", "steady", "double_burst", "three_pips", "low_noise", "high_noise", "vibrato",
                "tremolo", "dyad"],
@@ -676,129 +571,8 @@ def synthetic(split: str = "train", flavour: str = "speech", seed: int = 0, per_
     n_held = max(1, round(0.15 * int(per_class)))
     part = {int(s): "val" if j < n_held else "test" if j < 2 * n_held else "train" for j, s in enumerate(order)}
     splits = {p: [c for c in clips if part[int(c.group[3:])] == p] for p in ("train", "val", "test")}
-    _assert_disjoint("synthetic", splits, what="source")
+    assert_disjoint("synthetic", splits, what="source")
     chosen = clips if split == "all" else splits[split]
     protocol = dict(flavour=flavour, seed=seed, per_class=int(per_class), seconds=seconds)
     return ClipSet("synthetic", split, None, list(classes), chosen, protocol, "generated", "synthetic", seconds,
-                   _synth=_Synth(flavour, seed, seconds))
-
-
-class _Synth:
-    """Renders clip k of a synthetic dataset. Class identity lives in time-frequency structure (sweep direction,
-    harmonicity, modulation rate, band, rhythm); source k // 10 sets a pitch scale and the background level."""
-
-    def __init__(self, flavour, seed, seconds):
-        self.flavour, self.seed, self.n = flavour, int(seed), int(round(seconds * SYNTH_RATE))
-
-    def render(self, clip: Clip) -> np.ndarray:
-        k = int(clip.path.rsplit("/", 1)[1])
-        fl = list(SYNTH_FLAVOURS).index(self.flavour)
-        src = np.random.default_rng([self.seed, fl, 1, k // 10])  # per-source traits
-        rng = np.random.default_rng([self.seed, fl, 2, k])        # per-clip randomness
-        pitch = src.uniform(0.8, 1.25)
-        wave = (self._speech if self.flavour == "speech" else self._ambient)(k % 10, rng, pitch, src)
-        peak = np.abs(wave).max()
-        return (wave * (0.9 / peak) if peak > 0.9 else wave).astype(np.float32)
-
-    # building blocks
-    def _tone(self, freq, n, harmonics=1, decay=0.6):
-        """Harmonic tone following an instantaneous frequency (scalar or per-sample array)."""
-        phase = 2 * np.pi * np.cumsum(np.broadcast_to(freq, (n,))) / SYNTH_RATE
-        return sum(decay ** (h - 1) * np.sin(h * phase) for h in range(1, harmonics + 1) if h * np.max(freq) < 7800)
-
-    @staticmethod
-    def _band(rng, n, lo, hi):
-        spec = np.fft.rfft(rng.standard_normal(n))
-        f = np.fft.rfftfreq(n, 1 / SYNTH_RATE)
-        spec[(f < lo) | (f > hi)] = 0
-        x = np.fft.irfft(spec, n)
-        return x / (x.std() + 1e-9)
-
-    @staticmethod
-    def _env(n, attack=0.01):
-        a = max(1, min(n // 2, int(attack * SYNTH_RATE)))
-        e = np.ones(n)
-        e[:a] = np.linspace(0, 1, a)
-        e[-a:] = np.linspace(1, 0, a)
-        return e
-
-    def _speech(self, label, rng, pitch, src):
-        """One short event on near-silence, at a random time."""
-        n, sr = self.n, SYNTH_RATE
-        d = min(n, int(rng.uniform(0.25, 0.5) * sr))
-        f0 = rng.uniform(180, 320) * pitch
-        t = np.arange(d) / sr
-        if label == 0:
-            ev = self._tone(np.linspace(f0, 3 * f0, d), d, 4)
-        elif label == 1:
-            ev = self._tone(np.linspace(3 * f0, f0, d), d, 4)
-        elif label == 2:
-            ev = self._tone(f0, d, 6)
-        elif label == 3:
-            ev, b = np.zeros(d), int(0.06 * sr)
-            for start in (0, int(0.18 * sr)):
-                ev[start:start + b] = self._band(rng, b, 1000, 4000) * self._env(b, 0.005)
-        elif label == 4:
-            ev, b = np.zeros(d), int(0.05 * sr)
-            for i in range(3):
-                ev[i * 2 * b:i * 2 * b + b] = self._tone(2 * f0, b) * self._env(b, 0.005)
-        elif label == 5:
-            ev = 0.5 * self._band(rng, d, 100, 600)
-        elif label == 6:
-            ev = 0.5 * self._band(rng, d, 3000, 6000)
-        elif label == 7:
-            ev = self._tone(2 * f0 * (1 + 0.15 * np.sin(2 * np.pi * rng.uniform(6, 8) * t)), d, 3)
-        elif label == 8:
-            ev = self._tone(2 * f0, d, 4) * (1 - 0.9 * (0.5 + 0.5 * np.sin(2 * np.pi * rng.uniform(15, 25) * t)))
-        else:
-            ev = self._tone(1.5 * f0, d) + self._tone(6 * f0, d)
-        wave = 1e-3 * src.uniform(0.5, 2) * rng.standard_normal(n)  # near-silence
-        start = rng.integers(0, n - d + 1)
-        wave[start:start + d] += rng.uniform(0.1, 0.5) * ev * self._env(d) / (np.abs(ev).max() + 1e-9)
-        return wave
-
-    def _ambient(self, label, rng, pitch, src):
-        """A dense scene: coloured background noise everywhere, the class's texture across the whole clip."""
-        n, sr = self.n, SYNTH_RATE
-        t = np.arange(n) / sr
-        if label == 0:    # hum: low harmonic stack
-            tex = self._tone(rng.uniform(50, 120) * pitch, n, 10, 0.8)
-        elif label == 1:  # regular clicks
-            tex, rate = np.zeros(n), rng.uniform(8, 20)
-            click = self._band(rng, int(0.005 * sr), 500, 7000) * np.exp(-np.arange(int(0.005 * sr)) / 20)
-            for s in np.arange(rng.uniform(0, 1 / rate), n / sr - 0.006, 1 / rate):
-                tex[int(s * sr):int(s * sr) + len(click)] += click
-        elif label == 2:  # siren: slow sinusoidal sweep
-            tex = self._tone(1000 * pitch + 400 * np.sin(2 * np.pi * t / rng.uniform(1, 2) + rng.uniform(0, 6)), n, 3)
-        elif label == 3:  # barks: a few harmonic+noise bursts
-            tex, b = np.zeros(n), int(0.15 * sr)
-            for s in rng.integers(0, n - b, rng.integers(3, 7)):
-                burst = self._tone(rng.uniform(400, 800) * pitch, b, 5) + 0.5 * self._band(rng, b, 500, 3000)
-                tex[s:s + b] += burst * self._env(b, 0.02)
-        elif label == 4:  # rain: dense high crackle
-            tex = self._band(rng, n, 2000, 7500) * (rng.random(n) < 0.05) * 3 + 0.3 * self._band(rng, n, 3000, 7500)
-        elif label == 5:  # wind: noise whose band wanders slowly
-            bands = [(100, 400), (300, 800), (700, 1600), (1500, 3000)]
-            gains = [np.interp(t, np.linspace(0, t[-1], 6), rng.random(6)) for _ in bands]
-            tex = sum(g * self._band(rng, n, lo, hi) for g, (lo, hi) in zip(gains, bands))
-        elif label == 6:  # birds: many short high up-chirps
-            tex, b = np.zeros(n), int(0.07 * sr)
-            for s in rng.integers(0, n - b, rng.integers(8, 16)):
-                f = rng.uniform(2000, 4000) * pitch
-                tex[s:s + b] += self._tone(np.linspace(f, 1.4 * f, b), b) * self._env(b, 0.005)
-        elif label == 7:  # melody: pentatonic notes changing every 200-300 ms
-            step, notes = int(rng.uniform(0.2, 0.3) * sr), 300 * pitch * 2 ** (np.array([0, 2, 4, 7, 9]) / 12)
-            freq = np.repeat(rng.choice(notes, n // step + 1), step)[:n]
-            tex = self._tone(freq, n, 4)
-        elif label == 8:  # engine: low noise pulsing at 5-10 Hz
-            tex = self._band(rng, n, 30, 900) * (0.2 + 0.8 * (np.sin(2 * np.pi * rng.uniform(5, 10) * t) > 0))
-        else:             # alarm: two tones alternating every 250 ms
-            period, f = int(0.25 * sr), rng.uniform(800, 1000) * pitch
-            tex = self._tone(np.where((np.arange(n) // period) % 2 == 0, f, 1.33 * f), n, 2)
-        tex = tex / (tex.std() + 1e-9)
-        spec = np.fft.rfft(rng.standard_normal(n))  # pink background: power falls as 1/f
-        spec /= np.sqrt(np.maximum(np.fft.rfftfreq(n, 1 / sr), 20.0))
-        background = np.fft.irfft(spec, n)
-        background /= background.std() + 1e-9
-        snr = rng.uniform(1.0, 3.0)  # texture std relative to the background
-        return 0.08 * src.uniform(0.7, 1.4) * (snr * tex + background)
+                   _synth=SynthRenderer(flavour, seed, seconds))

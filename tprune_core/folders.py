@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .datasets import AUDIO_EXT, Clip, _assert_disjoint, _find_audio, _missing_error, _read_csv, carve_by_group
+from .clips import AUDIO_EXT, Clip, assert_disjoint, carve_by_group, data_root, find_audio, missing_error, read_csv
 from .errors import ConfigError, DatasetError
 
 LAYOUTS = {  # layout -> what it looks like
@@ -59,7 +59,6 @@ def expected() -> str:
 def find(name, root=None) -> Path | None:
     """The folder `name` refers to: a path (absolute, or with a `/`, `.` or `~`), else a folder of that name in
     `root` (or `root` itself) or under $TPRUNE_DATA, else a folder of that name in the working directory."""
-    from .datasets import data_root
     text = os.fspath(name)
     path = Path(text).expanduser()
     if path.is_absolute() or "/" in text or os.sep in text or text.startswith((".", "~")):
@@ -181,7 +180,7 @@ def _from_folders(folder: Path, layout: str) -> list[tuple]:
 def _from_metadata(folder: Path) -> tuple[list, bool]:
     """Rows of metadata.csv as in _from_folders, and whether it has a group column."""
     meta = folder / "metadata.csv"
-    rows = _read_csv(meta, {"file", "label"})
+    rows = read_csv(meta, {"file", "label"})
     if not rows:
         raise DatasetError(f"{meta}: no rows; expected one line per clip ({LAYOUTS['metadata']})")
     has_split, has_group = "split" in rows[0], "group" in rows[0]
@@ -211,7 +210,7 @@ def _from_metadata(folder: Path) -> tuple[list, bool]:
             continue
         out.append((path, label, cid, group, part))
     if missing:
-        raise _missing_error(folder, meta, missing)
+        raise missing_error(folder, meta, missing)
     return out, has_group
 
 
@@ -264,7 +263,7 @@ def _split(where, clips, parts, grouped, fractions, seed, val_fraction) -> tuple
         warnings.warn(f"{where}: {drawn} are drawn clip by clip (no group is known), so clips cut from one source "
                       f"recording may land in two of them and flatter the accuracy; give a `group` column in "
                       f"metadata.csv (or pre-split the folder) to prevent it")
-    _assert_disjoint(str(where), splits)
+    assert_disjoint(str(where), splits)
     return splits, proto
 
 
@@ -334,7 +333,7 @@ def voxceleb1(folder: Path, seconds=4.0):
             raise DatasetError(f"{listing}, line {n}: {line!r}; expected '<1|2|3> <speaker>/<video>/<n>.wav'")
         if fields[0] not in VOX_SPLITS:
             raise DatasetError(f"{listing}, line {n}: split {fields[0]!r}; expected 1 (train), 2 (val) or 3 (test)")
-        path = _find_audio(folder / "wav" / fields[1])
+        path = find_audio(folder / "wav" / fields[1])
         if path is None:
             missing.append(folder / "wav" / fields[1])
             continue
@@ -342,7 +341,7 @@ def voxceleb1(folder: Path, seconds=4.0):
         speakers.add(speaker)
         splits[VOX_SPLITS[fields[0]]].append((str(path), speaker, str(Path(fields[1]).with_suffix("")), video))
     if missing:
-        raise _missing_error(folder, listing, missing)
+        raise missing_error(folder, listing, missing)
     classes = sorted(speakers)
     index = {s: i for i, s in enumerate(classes)}
     splits = {p: [Clip(path, index[s], cid, f"{s}/{video}") for path, s, cid, video in rows]

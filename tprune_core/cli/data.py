@@ -31,10 +31,10 @@ def add_parser(subparsers):
     q = sub.add_parser("featurize", help="fill the feature cache for a dataset split")
     q.add_argument("name", help="a dataset name or folder, as for check")
     q.add_argument("--root")
-    q.add_argument("--split", default="all", choices=["train", "val", "test", "all"])
+    q.add_argument("--split", default="all", choices=DATA_SPLITS)
     q.add_argument("--frames", type=int, help="frames per clip (default: a full clip, rounded up to 16)")
     q.add_argument("--mel-bins", type=int, default=128)
-    q.add_argument("--on-error", default="raise", choices=["raise", "skip"],
+    q.add_argument("--on-error", default="raise", choices=ON_ERROR,
                    help="skip: leave unreadable files out and list them (default: stop at the first)")
     q.set_defaults(func=cmd_featurize)
 
