@@ -314,3 +314,96 @@ def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     t = time.time()
     zoo.build_zoo("smoke", progress=False)
     assert time.time() - t < 20
+
+
+# ------------------------------------------------------------------------------------------- recipe knobs
+
+def test_time_shift_moves_content_and_fills_with_the_clip_minimum():
+    x = torch.arange(2 * 10 * 3, dtype=torch.float32).view(2, 10, 3)
+    g = torch.Generator().manual_seed(0)
+    out = T.time_shift(x, 4, generator=g)
+    assert out.shape == x.shape and not torch.equal(out, x)
+    for c in range(2):
+        rows = [r for r in range(10) if not torch.equal(out[c, r], x[c].min().expand(3))]
+        # the rows that are not filler are one contiguous run of the original rows, in order
+        src = [int((x[c] == out[c, r]).all(1).nonzero()) for r in rows]
+        assert src == list(range(src[0], src[0] + len(src))) and abs(rows[0] - src[0]) <= 4
+    assert torch.equal(T.time_shift(x, 0), x)
+
+
+def test_class_weights_are_inverse_frequency_with_mean_one_over_present_classes():
+    labels = torch.tensor([0, 0, 0, 1, 2, 2])             # class 3 absent
+    w = T.class_weights(labels, 4)
+    assert w[3] == 0 and torch.allclose(w[:3].mean(), torch.tensor(1.0))
+    assert torch.allclose(w[:3] * torch.tensor([3.0, 1.0, 2.0]), torch.full((3,), 2.0))   # weight x count equal
+
+
+def test_new_recipe_fields_leave_old_hashes_alone_and_change_them_when_set():
+    base = T.TrainConfig(epochs=2)
+    assert base.hash() == T.TrainConfig(epochs=2, class_balance=False, time_shift=0).hash()
+    hashes = {base.hash(), T.TrainConfig(epochs=2, class_balance=True).hash(),
+              T.TrainConfig(epochs=2, time_shift=5).hash(),
+              T.TrainConfig(epochs=2, prune_method="topk", keep_rate=0.5, augment_while_shrinking=False).hash(),
+              T.TrainConfig(epochs=2, prune_method="topk", keep_rate=0.5).hash()}
+    assert len(hashes) == 5
+    with pytest.raises(ConfigError, match="time_shift"):
+        T.TrainConfig(time_shift=-1)
+    with pytest.raises(ConfigError, match="class_balance"):
+        T.TrainConfig(class_balance=1)
+
+
+def test_no_augmentation_while_the_keep_rate_shrinks_when_asked(tmp_cache, monkeypatch):
+    """augment_while_shrinking=False: SpecAugment runs in the hold and fixed phases, never in the shrink."""
+    calls = []
+    original = T.SpecAugment.forward
+
+    def spy(self, x):
+        calls.append(True)
+        return original(self, x)
+
+    monkeypatch.setattr(T.SpecAugment, "forward", spy)
+    seen = []
+    real_step = T.Supervised.step
+
+    def step(self, idx, s):
+        before = len(calls)
+        out = real_step(self, idx, s)
+        seen.append((s, len(calls) > before, self.hold, self.shrink))
+        return out
+
+    monkeypatch.setattr(T.Supervised, "step", step)
+    train, val = toy_set(64, 0), toy_set(16, 1, split="val")
+    cfg = T.TrainConfig(epochs=4, batch_size=16, frames=32, dataset="toy", progress=False, precision="fp32",
+                        prune_method="topk", keep_rate=0.5, prune_hold_epochs=1, prune_shrink_epochs=2,
+                        augment_while_shrinking=False, warmup_epochs=0.0)
+    T.fit(cfg, train, val, tmp_cache / "run")
+    for s, augmented, hold, shrink in seen:
+        assert augmented == (not hold <= s < hold + shrink), s
+    assert sum(1 for _, a, _, _ in seen if not a) == seen[0][3] > 0     # exactly the shrink steps went bare
+
+
+def test_zoo_controls_and_reverse_direction(monkeypatch):
+    """A profile asking for controls gets one keep-rate-1.0 fine-tune per parent, same recipe as its pruned
+    siblings; a dataset with a reverse protocol gets reverse-direction base models and their own MAE."""
+    from tprune_core import zoo
+    spec = zoo._deep_update(zoo.ZOO["smoke"], {"prune": {"control": True, "augment_while_shrinking": False}})
+    spec["datasets"]["synthetic"]["reverse_protocol"] = {"flavour": "speech", "per_class": 20, "seconds": 0.4,
+                                                         "seed": 1}
+    monkeypatch.setitem(zoo.ZOO, "t", spec)
+    plan = zoo.zoo_plan("t")
+    roles = [r for r, _ in plan]
+    assert roles.count("control") == 6 and roles.count("reverse") == 6 and roles.count("mae") == 2
+    prune = [c for r, c in plan if r == "prune"]
+    for r, c in plan:
+        if r == "control":
+            sib = [p for p in prune if p.init == c.init]
+            assert len(sib) == 2 and c.keep_rate == 1.0 and c.prune_method == "topk"
+            same = {k: v for k, v in c.to_dict().items() if k != "keep_rate"}
+            assert all({k: v for k, v in p.to_dict().items() if k != "keep_rate"} == same for p in sib)
+            assert not c.augment_while_shrinking
+    maes = [c for r, c in plan if r == "mae"]
+    reverse = [c for r, c in plan if r == "reverse"]
+    assert all(c.protocol["seed"] == 1 for c in reverse)
+    assert {c.init for c in reverse if c.family == "audiomae"} == {"mae:" + maes[1].hash()} != {"mae:" + maes[0].hash()}
+    base_hashes = {c.hash() for r, c in plan if r == "base"}
+    assert not base_hashes & {c.hash() for c in reverse}

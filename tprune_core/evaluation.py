@@ -56,7 +56,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     state = settings(model)
     was_training = model.training
     model.eval()
-    correct, macs, tokens, empty = 0, [], [], 0
+    correct, macs, tokens, empty, hits = 0, [], [], 0, None
     try:
         bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
                    disable=not progress, file=sys.stderr)
@@ -72,7 +72,10 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
                     logits = forward_from(model, x, shared[key], start)
                 else:
                     logits = model(x)
-            correct += (logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum().item()
+            y = y_all[i:i + batch_size]
+            right = logits.argmax(1).cpu() == y
+            correct += right.sum().item()
+            hits = _per_class(hits, y, right, logits.shape[1])
             last = last_forward(model) if state is not None else None
             t = last.tokens if last is not None else None
             m = model_macs(model, t)
@@ -88,6 +91,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
         model.train(was_training)
     n = len(x_all)
     out = {"accuracy": correct / n, "n_clips": n, "n_correct": correct,
+           "per_class_correct": hits[0].tolist(), "per_class_clips": hits[1].tolist(),
            "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,
            "method": state.method if state else None, "keep_rate": state.keep_rate if state else 1.0,
            "drop_loc": list(state.drop_loc) if state else list(drop_loc),
@@ -96,3 +100,10 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     if tokens:
         out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
     return out
+
+
+def _per_class(hits, y: torch.Tensor, right: torch.Tensor, num_classes: int):
+    """Running (correct, clips) per class: per-class accuracy = correct / clips (classes never seen have 0 clips)."""
+    if hits is None:
+        hits = (torch.zeros(num_classes, dtype=torch.long), torch.zeros(num_classes, dtype=torch.long))
+    return (hits[0] + torch.bincount(y[right], minlength=num_classes), hits[1] + torch.bincount(y, minlength=num_classes))

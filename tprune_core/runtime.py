@@ -26,13 +26,17 @@ from .models import explicit_attention
 TRAIN_VERSION = 2   # bump when the training code changes its numbers in a way the config does not show
 # Fields that only change how a run is executed, never its numbers: left out of the hash.
 OPERATIONAL = ("device", "threads", "ckpt_every", "eval_batch_size", "progress")
+# Fields added after a config's first release: at these defaults they are left out of the hash, so every run made
+# before they existed keeps its folder (its numbers are what the default gives).
+ADDED_LATER = {"class_balance": False, "time_shift": 0, "augment_while_shrinking": True}
 
 
 # ---------------------------------------------------------------------------------------------- run identity
 
 def config_hash(cfg) -> str:
     """12 hex digits of sha256 over every field that changes a run's numbers (and the code version)."""
-    d = {k: v for k, v in cfg.to_dict().items() if k not in OPERATIONAL}
+    d = {k: v for k, v in cfg.to_dict().items()
+         if k not in OPERATIONAL and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     d["_kind"], d["_version"] = type(cfg).__name__, TRAIN_VERSION
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 

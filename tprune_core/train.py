@@ -20,9 +20,15 @@ just those two splits, and the test split is read by ``test_run`` alone, after t
 
 Pruning-aware fine-tuning (``prune_method`` set): the model is patched with ``apply_pruning`` and its keep rate
 follows ``keep_rate_schedule`` every iteration: 1.0 for ``prune_hold_epochs``, a cosine shrink to ``keep_rate`` over
-``prune_shrink_epochs``, then fixed. SpecAugment, mixup (when on) and label smoothing stay on throughout: the shrink
-changes only how many tokens the blocks see, so the network adapts to pruning under the same regularization it was
-trained with. Validation (and so selection) uses the target keep rate at every epoch.
+``prune_shrink_epochs``, then fixed. SpecAugment, time shift and mixup (when on) stay on throughout by default;
+``augment_while_shrinking=False`` turns them off during the shrink, as the paper does, so the network meets fewer
+tokens and no masked bins at the same time. Label smoothing and class weights stay on. Validation (and so
+selection) uses the target keep rate at every epoch. A keep-rate-1.0 control (``keep_rate=1.0`` with the same
+method) runs the identical schedule and recipe with nothing pruned: the zoo fine-tunes one beside every pruned model.
+
+Class balance (``class_balance=True``) weights the cross-entropy by inverse training-class frequency: the pooled
+Speech Commands training set has about a fifth as many `on`/`off` clips as other words (they exist only in the test
+copy's training speakers).
 
 Runtime pieces (devices, files, RNG, optimizer) live in ``runtime`` and evaluation in ``evaluation``; the names
 other code imported from here before (``evaluate``, ``read_json``, ``zoo_root``, ``config_hash``, ...) still work.
@@ -67,6 +73,8 @@ class TrainConfig:
     grad_clip: float = 1.0               # 0 = off
     label_smoothing: float = 0.1
     mixup: float = 0.0                   # Beta(a, a) mixing of clip pairs; 0 = off
+    class_balance: bool = False          # cross-entropy weighted by inverse training-class frequency
+    time_shift: int = 0                  # shift each training clip by up to this many frames (silence fills in)
     freq_mask: int = 24                  # SpecAugment: widest frequency mask in mel bins (0 = off)
     time_mask: int = 20                  # widest time mask in frames (0 = off)
     drop_path: float = 0.1
@@ -76,6 +84,7 @@ class TrainConfig:
     drop_loc: tuple = (3, 6, 9)
     prune_hold_epochs: float = 1.0       # keep rate 1.0 this long ...
     prune_shrink_epochs: float = 2.0     # ... then a cosine shrink to keep_rate over this long, then fixed
+    augment_while_shrinking: bool = True  # False: no SpecAugment / mixup / shift during the shrink (as the paper)
     prune_options: dict = field(default_factory=dict)
     seed: int = 0
     precision: str = "auto"              # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
@@ -129,6 +138,9 @@ def validate(cfg: TrainConfig):
     need(cfg.grad_clip >= 0, "grad_clip", ">= 0")
     need(0 <= cfg.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
     need(cfg.mixup >= 0, "mixup", ">= 0")
+    need(isinstance(cfg.class_balance, bool), "class_balance", "True or False")
+    need(isinstance(cfg.time_shift, int) and cfg.time_shift >= 0, "time_shift", "an int >= 0")
+    need(isinstance(cfg.augment_while_shrinking, bool), "augment_while_shrinking", "True or False")
     need(cfg.freq_mask >= 0 and cfg.time_mask >= 0, "freq_mask", "mask widths >= 0")
     need(0 <= cfg.drop_path < 1, "drop_path", "a number in [0, 1)")
     need(cfg.init is None or (isinstance(cfg.init, str) and cfg.init.split(":", 1)[0] in ("mae", "run")
@@ -181,6 +193,30 @@ class SpecAugment(torch.nn.Module):
         if self.time is not None:
             spec = self.time(spec)
         return spec.squeeze(1).transpose(1, 2)
+
+
+def time_shift(x: torch.Tensor, max_shift: int, generator=None) -> torch.Tensor:
+    """Shift every clip of (B, frames, mel) by its own uniform offset in [-max_shift, max_shift] frames; the frames
+    shifted in take the clip's minimum (its quietest bin, as padding does)."""
+    if max_shift <= 0:
+        return x
+    b, t, _ = x.shape
+    offset = torch.randint(-max_shift, max_shift + 1, (b, 1), generator=generator)
+    src = torch.arange(t)[None] - offset                          # frame j shows source frame j - offset
+    inside = (src >= 0) & (src < t)
+    out = torch.gather(x, 1, src.clamp(0, t - 1)[..., None].expand(-1, -1, x.shape[2]))
+    floor = x.amin(dim=(1, 2), keepdim=True)
+    return torch.where(inside[..., None], out, floor)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy weights, inverse to each class's share of the training clips, mean 1 over present classes
+    (a class without a clip gets 0)."""
+    counts = torch.bincount(labels, minlength=num_classes).double()
+    present = counts > 0
+    w = torch.zeros(num_classes, dtype=torch.float64)
+    w[present] = counts[present].sum() / (present.sum() * counts[present])
+    return w.float()
 
 
 def build_model(cfg: TrainConfig, num_classes: int):
@@ -269,11 +305,16 @@ class Supervised(Task):
         self.hold = min(round(cfg.prune_hold_epochs * self.steps_per_epoch), self.total)
         self.shrink = min(round(cfg.prune_shrink_epochs * self.steps_per_epoch), self.total - self.hold)  # no overrun
         self.kr, self.val, self.best = 1.0, None, None
+        self.weight = class_weights(self.y, len(train_set.classes)).to(device) if cfg.class_balance else None
 
     def step(self, idx, step):
         cfg = self.cfg
-        x, y = self.augment(crop_frames(self.x[idx].float(), cfg.frames, random=True)), self.y[idx]
-        if cfg.mixup > 0:
+        x, y = crop_frames(self.x[idx].float(), cfg.frames, random=True), self.y[idx]
+        shrinking = cfg.prune_method is not None and self.hold <= step < self.hold + self.shrink
+        augment = cfg.augment_while_shrinking or not shrinking
+        if augment:
+            x = self.augment(time_shift(x, cfg.time_shift))
+        if cfg.mixup > 0 and augment:
             lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
             mate = torch.randperm(len(idx))
             x = lam * x + (1 - lam) * x[mate]
@@ -283,9 +324,9 @@ class Supervised(Task):
             pruning.set_keep_rate(self.model, self.kr)
         with autocast(self.device, cfg.precision):
             logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if cfg.mixup > 0:
-                loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate],
+            loss = F.cross_entropy(logits.float(), y, weight=self.weight, label_smoothing=cfg.label_smoothing)
+            if cfg.mixup > 0 and augment:
+                loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate], weight=self.weight,
                                                                 label_smoothing=cfg.label_smoothing)
         return loss, (loss.item() * len(idx), (logits.argmax(1) == y).sum().item(), len(idx))
 
@@ -397,7 +438,7 @@ def test_run(run_dir, progress: bool = True) -> dict:
     with cpu_threads(cfg.threads):
         result = evaluate(model, test_set, batch_size=cfg.eval_batch_size, split="test", precision=cfg.precision)
     result.update(hash=cfg.hash(), epoch=meta["epoch"], val_accuracy=meta["val"]["accuracy"],
-                  source=getattr(test_set, "source", None))
+                  source=getattr(test_set, "source", None), classes=list(meta["classes"]))
     save_atomic(result, run_dir / "test.json")
     return result
 

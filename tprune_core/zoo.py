@@ -27,6 +27,7 @@ other work, torch's default of 2 threads can run many times slower (spin-waiting
 from __future__ import annotations
 
 import copy
+import json
 import statistics
 import sys
 import time
@@ -103,10 +104,19 @@ def _spec(profile: str) -> dict:
     return ZOO[profile]
 
 
-def mae_config(profile: str = "full", **overrides) -> MAEConfig:
-    """The MAE pretrained for a profile: the TRAINING splits of all its datasets pooled."""
+def _protocols(profile: str, reverse: bool) -> dict:
+    """Dataset -> protocol of a profile's base models, or of its reverse-direction models (``reverse``)."""
     spec = _spec(profile)
-    sources = [{"dataset": name, "protocol": d["protocol"], "frames": d["data_frames"] or d["frames"]}
+    return {name: d.get("reverse_protocol", d["protocol"]) if reverse else d["protocol"]
+            for name, d in spec["datasets"].items()}
+
+
+def mae_config(profile: str = "full", reverse: bool = False, **overrides) -> MAEConfig:
+    """The MAE pretrained for a profile: the TRAINING splits of all its datasets pooled. The reverse-direction
+    models get their own MAE, pretrained on their own training splits (the forward MAE has heard their test fold)."""
+    spec = _spec(profile)
+    protocols = _protocols(profile, reverse)
+    sources = [{"dataset": name, "protocol": protocols[name], "frames": d["data_frames"] or d["frames"]}
                for name, d in spec["datasets"].items()]
     kw = dict(spec["mae"], size=spec["common"]["size"], sources=sources, seed=0)
     if "precision" in spec["common"]:
@@ -115,17 +125,20 @@ def mae_config(profile: str = "full", **overrides) -> MAEConfig:
     return MAEConfig(**kw)
 
 
-def base_config(profile: str, family: str, dataset: str, seed: int, **overrides) -> TrainConfig:
-    """The keep-rate-1.0 model of (family, dataset, seed) in a profile."""
+def base_config(profile: str, family: str, dataset: str, seed: int, reverse: bool = False,
+                **overrides) -> TrainConfig:
+    """The keep-rate-1.0 model of (family, dataset, seed) in a profile; ``reverse``: trained and tested the other
+    way round (the dataset's ``reverse_protocol``, e.g. UrbanSound8K train fold 10, test fold 1)."""
     spec = _spec(profile)
     if dataset not in spec["datasets"]:
         raise ConfigError(f"zoo {profile}: dataset {dataset!r} not in {sorted(spec['datasets'])}")
     kw = dict(spec["common"])
-    kw.update(spec["datasets"][dataset])
+    kw.update({k: v for k, v in spec["datasets"][dataset].items() if k not in ("reverse_protocol", "family_epochs")})
     kw.update(spec["family_overrides"].get(family, {}))
-    kw.update(family=family, dataset=dataset, seed=seed)
+    kw.update(spec["datasets"][dataset].get("family_epochs", {}).get(family, {}))
+    kw.update(family=family, dataset=dataset, seed=seed, protocol=_protocols(profile, reverse)[dataset])
     if family == "audiomae":
-        kw["init"] = "mae:" + mae_config(profile).hash()
+        kw["init"] = "mae:" + mae_config(profile, reverse).hash()
     kw.update(overrides)
     return TrainConfig(**kw)
 
@@ -136,15 +149,24 @@ def prune_config(profile: str, family: str, dataset: str, keep_rate: float, seed
     parent = base_config(profile, family, dataset, seed)
     p = dict(spec["prune"])
     kw = parent.to_dict()
-    kw.update({k: v for k, v in p.items() if k not in ("method", "keep_rates", "seeds")})
+    kw.update({k: v for k, v in p.items() if k not in ("method", "keep_rates", "seeds", "control")})
     kw.update(init="run:" + parent.hash(), prune_method=p["method"], keep_rate=keep_rate, seed=seed)
     kw.update(overrides)
     return TrainConfig(**kw)
 
 
+def control_config(profile: str, family: str, dataset: str, seed: int = 0) -> TrainConfig:
+    """The keep-rate-1.0 control of a pruning-aware fine-tune: same parent, epochs and recipe, nothing pruned (the
+    same patched model at keep rate 1.0), so "fine-tuned pruned vs control" isolates the pruning."""
+    return prune_config(profile, family, dataset, 1.0, seed)
+
+
 def zoo_plan(profile: str = "full") -> list:
-    """Every run of a profile, in training order: (role, config). Roles: mae, base, prune."""
+    """Every run of a profile, in training order: (role, config). Roles: mae, base, prune, control (keep-rate-1.0
+    fine-tunes, when the profile's ``prune`` spec asks for them) and reverse (base models trained and tested the
+    other way round, for the datasets with a ``reverse_protocol``; their own MAE has role mae too)."""
     spec = _spec(profile)
+    reversed_sets = [d for d, s in spec["datasets"].items() if "reverse_protocol" in s]
     plan = []
     if "audiomae" in spec["families"]:
         plan.append(("mae", mae_config(profile)))
@@ -157,6 +179,14 @@ def zoo_plan(profile: str = "full") -> list:
             for seed in spec["prune"]["seeds"]:
                 for kr in spec["prune"]["keep_rates"]:
                     plan.append(("prune", prune_config(profile, family, dataset, kr, seed)))
+                if spec["prune"].get("control"):
+                    plan.append(("control", control_config(profile, family, dataset, seed)))
+    if reversed_sets and "audiomae" in spec["families"]:
+        plan.append(("mae", mae_config(profile, reverse=True)))
+    for dataset in reversed_sets:
+        for family in spec["families"]:
+            for seed in spec["seeds"]:
+                plan.append(("reverse", base_config(profile, family, dataset, seed, reverse=True)))
     return plan
 
 
@@ -171,7 +201,7 @@ def _entry(role, cfg) -> dict:
             e.update(train_seconds=s["train_seconds"], final_loss=s["final_loss"])
         return e
     e.update(family=cfg.family, dataset=cfg.dataset, protocol=cfg.protocol, seed=cfg.seed, frames=cfg.frames,
-             method=cfg.prune_method, keep_rate=cfg.keep_rate, drop_loc=list(cfg.drop_loc), init=cfg.init,
+             method="control" if role == "control" else cfg.prune_method, keep_rate=cfg.keep_rate, drop_loc=list(cfg.drop_loc), init=cfg.init,
              checkpoint=str(run_dir / "best.pt"), trained=(run_dir / "train.json").is_file(), config=cfg.to_dict())
     if e["trained"]:
         s = read_json(run_dir / "train.json")
@@ -180,6 +210,9 @@ def _entry(role, cfg) -> dict:
     if (run_dir / "test.json").is_file():
         t = read_json(run_dir / "test.json")
         e.update(test_accuracy=t["accuracy"], test_gmacs=t["gmacs_per_clip"], n_test=t["n_clips"])
+        if "per_class_clips" in t and "classes" in t:   # test.json of runs tested before per-class counts lack them
+            e["test_per_class"] = {c: (k / n if n else None) for c, k, n in
+                                   zip(t["classes"], t["per_class_correct"], t["per_class_clips"])}
     return e
 
 
@@ -207,21 +240,37 @@ def load_zoo_model(entry: dict, device="cpu"):
 
 
 def summarize(entries: list) -> list:
-    """Test accuracy mean ± std over seeds per (family, dataset, method, keep rate), plus mean training time."""
+    """Test accuracy mean ± std over seeds per (family, dataset, method, keep rate, role), plus mean training time.
+    ``role`` tells base models from their keep-rate-1.0 controls and from reverse-direction models; ``protocol``
+    says which split they were tested on."""
     groups = {}
     for e in entries:
         if e["role"] == "mae" or "test_accuracy" not in e:
             continue
-        groups.setdefault((e["family"], e["dataset"], e["method"], e["keep_rate"]), []).append(e)
+        groups.setdefault((e["family"], e["dataset"], e["method"], e["keep_rate"], e["role"]), []).append(e)
     rows = []
-    for (family, dataset, method, kr), es in groups.items():
+    for (family, dataset, method, kr, role), es in groups.items():
         acc = [e["test_accuracy"] for e in es]
-        rows.append({"family": family, "dataset": dataset, "method": method, "keep_rate": kr, "n_seeds": len(es),
+        rows.append({"family": family, "dataset": dataset, "method": method, "keep_rate": kr, "role": role,
+                     "protocol": json.dumps(es[0]["protocol"], sort_keys=True), "n_seeds": len(es),
                      "test_acc_mean": statistics.fmean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "val_acc_mean": statistics.fmean(e["val_accuracy"] for e in es),
                      "test_gmacs": es[0]["test_gmacs"],
                      "train_seconds_mean": statistics.fmean(e["train_seconds"] for e in es)})
     return rows
+
+
+def per_class_summary(entries: list) -> list:
+    """Test accuracy per class, mean over seeds, per (family, dataset, role, method, keep rate): where a model's
+    accuracy comes from (Speech Commands' on/off are rare in training; UrbanSound8K's car_horn and gun_shot rare)."""
+    groups = {}
+    for e in entries:
+        for cls, acc in (e.get("test_per_class") or {}).items():
+            if acc is not None:
+                key = (e["family"], e["dataset"], e["role"], e["method"], e["keep_rate"], cls)
+                groups.setdefault(key, []).append(acc)
+    return [{"family": f, "dataset": d, "role": r, "method": m, "keep_rate": k, "class": c, "n_seeds": len(a),
+             "test_acc_mean": statistics.fmean(a)} for (f, d, r, m, k, c), a in groups.items()]
 
 
 def format_summary(rows: list) -> str:
