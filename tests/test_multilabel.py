@@ -90,3 +90,139 @@ def test_multi_hot_loss_and_hits():
         F.binary_cross_entropy_with_logits(logits, smoothed).item())
     with pytest.raises(Exception, match="0..2"):
         targets.multi_hot([(3,)], 3)
+
+
+# ------------------------------------------------------------------ the metadata.csv `labels` layout
+
+def test_multilabel_folder_loads_with_its_class_index(tmp_path):
+    folder = make_mixtures(tmp_path, per_pair=6, index="classes")
+    sets = {s: quiet(str(folder), split=s) for s in ("train", "val", "test")}
+    train = sets["train"]
+    assert train.layout == "multilabel" and train.multilabel and train.classes == list(MIX_SOURCES)
+    assert (len(sets["train"]), len(sets["val"]), len(sets["test"])) == (24, 6, 6)     # the split column
+    first = train[0]
+    assert first.clip_id == "clips/0_0.wav" and first.labels == (0, 1) and first.label in first.labels
+    assert train.class_counts() == {n: 12 for n in MIX_SOURCES}
+    assert "multi-label, 2.00 per clip" in train.describe() and "class_index=classes.csv" in train.describe()
+
+
+def test_without_an_index_classes_are_the_sorted_names_and_splits_are_drawn(tmp_path):
+    folder = make_mixtures(tmp_path, per_pair=6, columns=None)
+    with pytest.warns(UserWarning, match="clip by clip"):
+        train = load_dataset(str(folder), split="train")
+    assert train.classes == sorted(MIX_SOURCES)
+    grouped = make_mixtures(tmp_path, name="grouped", per_pair=6, columns="group")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                       # drawn by group: no warning
+        splits = {s: load_dataset(str(grouped), split=s) for s in ("train", "val", "test")}
+    groups = [{c.group for c in cs} for cs in splits.values()]
+    assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    assert sum(len(cs) for cs in splits.values()) == 36 and all(len(cs) for cs in splits.values())
+
+
+def test_audioset_class_index_accepts_mids_and_display_names(tmp_path):
+    folder = make_mixtures(tmp_path, per_pair=6)
+    (folder / "class_labels_indices.csv").write_text(
+        'index,mid,display_name\n0,/m/lt,low_tone\n1,/m/ht,"high tone, bright"\n2,/m/ln,low_noise\n'
+        '3,/m/hn,high_noise\n4,/m/x,"Unused, never labelled"\n')
+    meta = (folder / "metadata.csv").read_text().replace("high_tone", "/m/ht")
+    (folder / "metadata.csv").write_text(meta)
+    with pytest.warns(UserWarning, match="no clip of 1 class"):
+        train = load_dataset(str(folder), split="train")
+    assert train.classes == ["low_tone", "high tone, bright", "low_noise", "high_noise", "Unused, never labelled"]
+    assert train[0].labels == (0, 1)
+
+
+@pytest.mark.parametrize("line, index, match", [
+    ("clips/0_0.wav,low_tone;purple,train", "classes", r"metadata.csv, line 3: labels \['purple'\] are not in "
+                                                       r"classes.csv"),
+    ("clips/0_0.wav, ; ,train", None, r"metadata.csv, line 3: labels=.*expected at least one class name"),
+    ("clips/0_0.wav,,train", None, r"metadata.csv, line 3: file='clips/0_0.wav', labels=''; expected both"),
+    ("clips/nowhere.wav,low_tone,train", None, r"files listed in .*metadata.csv are missing"),
+    ("clips/0_0.wav,low_tone,train", None, r"metadata.csv, line 3: clips/0_0.wav is listed twice"),
+])
+def test_bad_label_rows_name_file_and_line(tmp_path, line, index, match):
+    folder = make_mixtures(tmp_path, per_pair=2, index=index)
+    rows = (folder / "metadata.csv").read_text().splitlines()
+    rows.insert(2, line)                                     # becomes line 3 of the file
+    (folder / "metadata.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=match):
+        quiet(str(folder))
+
+
+@pytest.mark.parametrize("text, match", [
+    ("index,name\n0,low_tone\nx,high_tone\n", r"classes.csv, line 3: index='x'"),
+    ("index,name\n0,low_tone\n1,low_tone\n", r"classes.csv, line 3: index 1 or name 'low_tone' is listed twice"),
+    ("index,name\n0,low_tone\n2,high_tone\n", r"classes.csv: indices \[0, 2\].*are not 0..1"),
+    ("id,name\n0,low_tone\n", r"classes.csv: missing columns \['index'\]"),
+])
+def test_bad_class_index_rows_name_file_and_line(tmp_path, text, match):
+    folder = make_mixtures(tmp_path, per_pair=2)
+    (folder / "classes.csv").write_text(text)
+    with pytest.raises(DatasetError, match=match):
+        quiet(str(folder))
+
+
+# ------------------------------------------------------------------ AudioSet's own files
+
+SEGMENT_HEAD = ("# Segments csv created Sun Mar  5 10:54:25 2017\n"
+                "# num_ytids=4, num_segs=4, num_unique_labels=3, num_positive_labels=6\n"
+                "# YTID, start_seconds, end_seconds, positive_labels\n")
+AS_INDEX = ('index,mid,display_name\n0,/m/09x0r,"Speech"\n1,/m/04rlf,"Music"\n'
+            '2,/m/0jbk,"Male speech, man speaking"\n')
+
+
+def make_audioset(root, missing="gone_seg_1"):
+    """An AudioSet folder: class_labels_indices.csv, balanced_train (10) and eval (4) segment lists, audio files
+    named in each accepted convention under audio/; ``missing`` is listed but has no file."""
+    folder = root / "as20k"
+    (folder / "audio" / "eval").mkdir(parents=True)
+    labels = ['"/m/09x0r"', '"/m/04rlf,/m/09x0r"', '"/m/0jbk,/m/09x0r"', '"/m/04rlf"']
+    names = ["{y}.wav", "Y{y}.flac", "{y}_30.000.wav", "{y}_30_40.wav", "Y{y}_30.000_40.000.wav"]
+    lines = {"train": [], "eval": []}
+    for k in range(14):
+        part = "eval" if k >= 10 else "train"
+        ytid = f"-{part[:2]}{k:02d}_Xy{k}"        # YouTube ids hold '-' and '_'
+        lines[part].append(f"{ytid}, 30.000, 40.000, {labels[k % 4]}")
+        sub = "audio/eval" if part == "eval" else "audio"
+        write_tone(folder / sub / names[k % 5].format(y=ytid), seconds=0.3, freq=300 + 100 * (k % 4))
+    lines["train"].append(f"{missing}, 0.000, 10.000, \"/m/04rlf\"")
+    (folder / "class_labels_indices.csv").write_text(AS_INDEX)
+    (folder / "balanced_train_segments.csv").write_text(SEGMENT_HEAD + "\n".join(lines["train"]) + "\n")
+    (folder / "eval_segments.csv").write_text(SEGMENT_HEAD + "\n".join(lines["eval"]) + "\n")
+    return folder
+
+
+def test_audioset_segment_lists_map_youtube_ids_to_files(tmp_path):
+    folder = make_audioset(tmp_path)
+    with pytest.warns(UserWarning, match=r"1 of 15 segments .* have no audio file .*gone_seg_1"):
+        train = load_dataset(str(folder), split="train")
+    sets = {s: quiet(str(folder), split=s) for s in ("val", "test")}
+    assert train.layout == "audioset" and train.classes == ["Speech", "Music", "Male speech, man speaking"]
+    assert len(train) + len(sets["val"]) == 10 and len(sets["test"]) == 4 and len(sets["val"]) >= 1
+    assert {c.clip_id for c in sets["test"]} == {f"-ev{k:02d}_Xy{k}" for k in range(10, 14)}
+    by_id = {c.clip_id: c for s in (train, sets["val"], sets["test"]) for c in s}
+    assert by_id["-tr00_Xy0"].labels == (0,) and by_id["-tr01_Xy1"].labels == (0, 1)
+    assert by_id["-tr02_Xy2"].labels == (0, 2) and by_id["-tr02_Xy2"].label == 2          # the rarer class
+    assert by_id["-tr01_Xy1"].path.endswith("Y-tr01_Xy1.flac") and by_id["-ev13_Xy13"].path.endswith("_30_40.wav")
+    assert by_id["-tr03_Xy3"].path.endswith("_30_40.wav") and by_id["-tr04_Xy4"].path.endswith("_40.000.wav")
+    assert train.protocol["missing"] == 1 and train.protocol["lists"] == ["balanced_train_segments.csv",
+                                                                         "eval_segments.csv"]
+
+
+@pytest.mark.parametrize("line, match", [
+    ("abc, 30.000, 40.000", r"balanced_train_segments.csv, line 5: 3 fields"),
+    ('abc, 40.000, 30.000, "/m/09x0r"', r"balanced_train_segments.csv, line 5: YTID='abc', start='40.000'"),
+    ('abc, 30.000, 40.000, "/m/nope"', r"balanced_train_segments.csv, line 5: labels \['/m/nope'\] are not in "
+                                       r"class_labels_indices.csv"),
+    ('-tr00_Xy0, 30.000, 40.000, "/m/09x0r"', r"balanced_train_segments.csv, line 5: segment -tr00_Xy0 is also "
+                                              r"at balanced_train_segments.csv, line 4"),
+])
+def test_bad_segment_lines_name_file_and_line(tmp_path, line, match):
+    folder = make_audioset(tmp_path)
+    path = folder / "balanced_train_segments.csv"
+    rows = path.read_text().splitlines()
+    rows.insert(4, line)                                     # after 3 comment lines and the first segment
+    path.write_text("\n".join(rows) + "\n")
+    with pytest.raises(DatasetError, match=match):
+        quiet(str(folder))
