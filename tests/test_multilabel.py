@@ -226,3 +226,23 @@ def test_bad_segment_lines_name_file_and_line(tmp_path, line, match):
     path.write_text("\n".join(rows) + "\n")
     with pytest.raises(DatasetError, match=match):
         quiet(str(folder))
+
+
+# ------------------------------------------------------------------ multi-hot features in the cache
+
+def test_cache_stores_multi_hot_targets_keyed_by_the_labels(tmp_cache, tmp_path):
+    folder = make_mixtures(tmp_path, per_pair=6, index="classes")
+    first = load_features(str(folder), "test", progress=False)
+    assert first.y.shape == (6, 4) and first.y.dtype == torch.float32
+    assert first.y.sum(1).tolist() == [2.0] * 6 and first.y[0].tolist() == [1, 1, 0, 0]
+    again = load_features(str(folder), "test", progress=False)
+    assert again.from_cache and torch.equal(again.y, first.y) and again.path == first.path
+    meta = folder / "metadata.csv"
+    meta.write_text(meta.read_text().replace("clips/0_5.wav,low_tone;high_tone", "clips/0_5.wav,low_tone"))
+    relabelled = load_features(str(folder), "test", progress=False)       # only a label changed: a new key
+    assert not relabelled.from_cache and relabelled.path != first.path and relabelled.y[0].tolist() == [1, 0, 0, 0]
+    index = folder / "classes.csv"
+    index.write_text(index.read_text() + "4,silence\n")                   # a fifth class widens the targets
+    with pytest.warns(UserWarning, match="no clip of 1 class"):
+        wider = load_features(str(folder), "test", progress=False)
+    assert not wider.from_cache and wider.y.shape == (6, 5)
