@@ -3,6 +3,9 @@
     evaluate(model, features)                                   # the model as it is (patched or not)
     evaluate(model, features, method="topk", keep_rate=0.5)     # accuracy, n_clips, gmacs_per_clip, ...
 
+A multi-label feature set (multi-hot ``y``, tprune_core.targets) adds ``metric: "mAP"``, ``mAP`` and
+``n_scored_classes``; its ``accuracy`` is the top-1 hit rate (the arg-max class is one of the clip's labels).
+
 Uses only the public pruning API: a pruning setting is applied for the call and the previous one put back.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ from .errors import ConfigError
 from .macs import model_macs
 from .pruning import apply_pruning, forward_from, hidden_before, last_forward, remove_pruning, settings
 from .runtime import autocast
+from .targets import hits, is_multilabel, multilabel_metrics
 
 
 def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
@@ -57,6 +61,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     was_training = model.training
     model.eval()
     correct, macs, tokens, empty = 0, [], [], 0
+    scores = [] if is_multilabel(y_all) else None   # multi-label: every logit, for mAP
     try:
         bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
                    disable=not progress, file=sys.stderr)
@@ -72,7 +77,9 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
                     logits = forward_from(model, x, shared[key], start)
                 else:
                     logits = model(x)
-            correct += (logits.argmax(1).cpu() == y_all[i:i + batch_size]).sum().item()
+            correct += hits(logits, y_all[i:i + batch_size])
+            if scores is not None:
+                scores.append(logits.float().cpu())
             last = last_forward(model) if state is not None else None
             t = last.tokens if last is not None else None
             m = model_macs(model, t)
@@ -93,6 +100,8 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
            "drop_loc": list(state.drop_loc) if state else list(drop_loc),
            "split": split if split is not None else getattr(features, "split", None) or None,
            "n_empty": empty}
+    if scores is not None:
+        out.update(multilabel_metrics(torch.cat(scores), y_all))
     if tokens:
         out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
     return out
