@@ -284,6 +284,13 @@ def test_single_label_results_carry_no_new_fields():
     assert targets.score_fields(result) == {} and targets.score_fields(result, "val_") == {}
 
 
+def test_headline_metric_of_grids():
+    single = pd.DataFrame({"accuracy": [0.5, 0.6]})
+    multi = pd.DataFrame({"accuracy": [0.5, 0.6], "metric": ["mAP", "mAP"], "mAP": [0.7, 0.8]})
+    assert analysis.headline_metric(single) == "accuracy" and analysis.headline_metric(multi) == "mAP"
+    assert analysis.headline_metric(pd.concat([single, multi])) == "accuracy"   # mixed: the shared column
+
+
 # ------------------------------------------------------------------ the command line
 
 def run(capsys, *argv):
