@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import MIX_SOURCES, make_mixtures, mixture, write_tone
-from tprune_core import analysis, targets
+from tprune_core import analysis, experiments, targets
 from tprune_core import train as T
 from tprune_core.cache import load_features
 from tprune_core.cli import main
@@ -316,7 +316,7 @@ def test_data_list_and_check_show_multilabel_folders(capsys, tmp_cache, tmp_path
     assert code == 0 and "read 36 of 36 files" in out and "multi-label, 2.00 per clip" in out
 
 
-def test_train_and_eval_on_a_multilabel_folder(capsys, tmp_cache, tmp_path, one_thread):
+def test_train_eval_and_grid_on_a_multilabel_folder(capsys, tmp_cache, tmp_path, one_thread):
     folder = make_mixtures(tmp_path, per_pair=6, index="classes")
     code, out, _ = run(capsys, "train", "--dataset", str(folder), "--frames", "48", "--epochs", "1",
                        "--batch-size", "8", "--threads", "1", "--json")
@@ -329,6 +329,14 @@ def test_train_and_eval_on_a_multilabel_folder(capsys, tmp_cache, tmp_path, one_
     assert code == 0 and result["metric"] == "mAP" and 0 <= result["mAP"] <= 1 and result["keep_rate"] == 0.5
     code, out, _ = run(capsys, "eval", "--checkpoint", summary["hash"])
     assert code == 0 and ", mAP " in out
+    # the chapters' path: a zoo-style entry of this run through the cached evaluation grid
+    run_dir = tmp_cache / "zoo" / summary["hash"]
+    entry = {"role": "base", "run_dir": str(run_dir), "checkpoint": str(run_dir / "best.pt"), "family": "ast",
+             "dataset": str(folder), "seed": 0, "config": summary["config"]}
+    grid = experiments.evaluate_grid([entry], [experiments.setting("topk", kr) for kr in (1.0, 0.5)], progress=False)
+    assert grid.metric.tolist() == ["mAP", "mAP"] and grid.mAP.between(0, 1).all()
+    assert analysis.headline_metric(grid) == "mAP"
+    assert grid.mAP.iloc[1] == pytest.approx(result["mAP"])            # the same setting as `tprune eval` above
 
 
 def test_mixture_sources_are_distinct():
