@@ -180,3 +180,52 @@ def make_voxceleb1(root: Path, speakers=3, videos=3, utterances=2, seconds=0.5) 
                 lines.append(f"{3 if v == 0 else 2 if v == 1 else 1} {rel}")
     (folder / "iden_split.txt").write_text("\n".join(lines) + "\n")
     return folder
+
+
+MIX_SOURCES = ("low_tone", "high_tone", "low_noise", "high_noise")
+
+
+def mixture(sources, seconds=0.5, sr=16000, seed=0):
+    """The sum of some of four sources at random levels: a 400 Hz tone, a 2.5 kHz tone, noise in 800-1400 Hz and
+    noise in 4.5-6.5 kHz (names in MIX_SOURCES), over faint white noise."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    n = int(seconds * sr)
+    t = np.arange(n) / sr
+    out = 0.005 * rng.standard_normal(n)
+    for name in sources:
+        level = rng.uniform(0.15, 0.3)
+        if name.endswith("tone"):
+            out += level * np.sin(2 * np.pi * (400 if name == "low_tone" else 2500) * t + rng.uniform(0, 6.3))
+        else:
+            lo, hi = (800, 1400) if name == "low_noise" else (4500, 6500)
+            spec = np.fft.rfft(rng.standard_normal(n))
+            freqs = np.fft.rfftfreq(n, 1 / sr)
+            band = np.fft.irfft(spec * ((freqs >= lo) & (freqs <= hi)), n)
+            out += level * band / band.std() / 2
+    return out.astype("float32")
+
+
+def make_mixtures(root, name="mixtures", per_pair=12, seconds=0.5, columns="split", index=None):
+    """<root>/<name>/metadata.csv (file,labels + a `split` or `group` column or neither) over clips that each sum
+    two of the four MIX_SOURCES, labelled with both (`;`-separated); every pair `per_pair` times. With
+    ``columns="split"`` the k-th clip of a pair goes to val when k % 6 == 4, test when k % 6 == 5, else train.
+    ``index``: "classes" writes classes.csv (index,name) in MIX_SOURCES order."""
+    import itertools
+
+    import soundfile as sf
+    folder = root / name
+    (folder / "clips").mkdir(parents=True)
+    head = "file,labels" + {"split": ",split", "group": ",group", None: ""}[columns]
+    lines = [head]
+    for p, pair in enumerate(itertools.combinations(MIX_SOURCES, 2)):
+        for k in range(per_pair):
+            rel = f"clips/{p}_{k}.wav"
+            sf.write(str(folder / rel), mixture(pair, seconds, seed=100 * p + k), 16000)
+            extra = {"split": "," + ("val" if k % 6 == 4 else "test" if k % 6 == 5 else "train"),
+                     "group": f",pair{p}-rec{k // 2}", None: ""}[columns]
+            lines.append(f"{rel},{pair[0]};{pair[1]}{extra}")
+    (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
+    if index == "classes":
+        (folder / "classes.csv").write_text("index,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(MIX_SOURCES)))
+    return folder

@@ -20,6 +20,14 @@ PAPER_INPUTS = {  # patch tokens of the paper's inputs -> (frames at 128 mel bin
 }
 
 
+def headline_metric(grid: pd.DataFrame) -> str:
+    """The column an evaluation grid (``experiments.evaluate_grid``) is judged by: "mAP" when every row comes from a
+    multi-label set (its ``metric`` column says so), else "accuracy" (for a multi-label row: the top-1 hit rate)."""
+    if "metric" in grid.columns and len(grid) and (grid["metric"] == "mAP").all():
+        return "mAP"
+    return "accuracy"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # MACs
 

@@ -7,9 +7,10 @@ On disk (float16, under `$TPRUNE_CACHE/features`, default `<repo>/.cache/tprune/
 frames. Its name carries a hash of everything that changes those numbers: dataset name, protocol, split, clip ids,
 labels, groups, each file's name, size and mtime (the generator version for synthetic data), sample rate, mel bins,
 frames, the fbank settings and CODE_VERSION; for a folder dataset (tprune_core.folders) also the folder's resolved
-path, so two folders never share a file and adding, removing or editing a clip changes the key. Normalization is applied when loading, from the training split's cached
-statistics (norm="train"), a published pair (a NORM_STATS name) or an explicit (mean, std), so changing it never
-returns stale numbers either.
+path, so two folders never share a file and adding, removing or editing a clip changes the key; for a multi-label
+set also every clip's classes and the class list (whose length is the width of the targets). Normalization is
+applied when loading, from the training split's cached statistics (norm="train"), a published pair (a NORM_STATS
+name) or an explicit (mean, std), so changing it never returns stale numbers either.
 """
 import hashlib
 import json
@@ -31,6 +32,7 @@ from .features import FeatureConfig, fbank, normalize, pad_or_crop, resolve_norm
 from .folders import LAYOUTS as FOLDER_LAYOUTS
 from .fsio import atomic_write
 from .rules import ON_ERROR
+from .targets import multi_hot
 
 CODE_VERSION = 1  # bump when featurization changes in a way the key does not see
 FBANK = dict(htk_compat=True, use_energy=False, window_type="hanning", dither=0.0, frame_shift=10, mean_removed=True)
@@ -48,7 +50,7 @@ def cache_root() -> Path:
 @dataclass
 class FeatureSet:
     x: torch.Tensor                  # (N, frames, mel): normalized float32 (load_features) or raw float16 (featurize)
-    y: torch.Tensor                  # (N,) int64 labels
+    y: torch.Tensor                  # (N,) int64 labels, or (N, C) float32 multi-hot rows for a multi-label set
     ids: list                        # clip ids, row-aligned with x
     classes: list
     norm: tuple | None               # (mean, std) applied to x; None for raw features
@@ -92,6 +94,8 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
                frames=frames, fbank=FBANK)
     if clips.layout in FOLDER_LAYOUTS:
         key["folder"] = clips.root
+    if clips.multilabel:
+        key["classes"] = list(clips.classes)
     digest = _digest(key)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", clips.name)
     path = cache_root() / "features" / f"{stem}-{clips.split}-{frames}x{mel_bins}-{digest[:20]}.pt"
@@ -175,9 +179,16 @@ def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
         lengths.append(fb.shape[0])
     if not keep:
         raise DatasetError(f"{clips.describe()}: no clip could be featurized ({len(skipped)} failed)")
-    return dict(x=x[:len(keep)].clone(), y=torch.tensor([clips[i].label for i in keep], dtype=torch.int64),
+    return dict(x=x[:len(keep)].clone(), y=_targets(clips, keep),
                 ids=[clips[i].clip_id for i in keep], lengths=torch.tensor(lengths, dtype=torch.int32),
                 moments=(total, sq, count), skipped=skipped)
+
+
+def _targets(clips: ClipSet, keep: list) -> torch.Tensor:
+    """Class ids (N,) int64, or multi-hot rows (N, C) float32 for a multi-label set, of the clips ``keep``."""
+    if clips.multilabel:
+        return multi_hot([clips[i].labels for i in keep], len(clips.classes))
+    return torch.tensor([clips[i].label for i in keep], dtype=torch.int64)
 
 
 def load_features(name, split: str, frames=None, root=None, mel_bins: int = 128, norm="train",

@@ -25,6 +25,7 @@ class Clip:
     label: int     # 0..C-1
     clip_id: str   # unique within the dataset, stable across machines
     group: str     # fsID / speaker / ESC source / synthetic source: never in two splits
+    labels: tuple = ()  # multi-label sets: every class of the clip (`label` is then its rarest, for stratifying)
 
 
 def data_root() -> Path | None:

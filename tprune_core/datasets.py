@@ -24,7 +24,9 @@ The builders assert it. Protocols (defaults in brackets):
   speaker ids; each utterance cut to its first `seconds` [4.0] (tprune_core.folders).
 - any other folder (a path, or a folder name under `root` / $TPRUNE_DATA): class folders, pre-split folders or a
   metadata.csv; classes = the sorted labels; given splits, else `fractions` [(0.7, 0.15, 0.15)] by group or clip
-  with `seed` [0]; default length `seconds` [median clip length]. See tprune_core.folders.
+  with `seed` [0]; default length `seconds` [median clip length]. See tprune_core.folders. Multi-label folders (a
+  metadata.csv with a `labels` column, AudioSet's segment lists; tprune_core.multilabel) give several classes per
+  clip (`Clip.labels`, `ClipSet.multilabel`).
 - synthetic: generated in memory, deterministic per `seed` [0]; `flavour` "speech" (one short event on near-silence,
   1 s clips) or "ambient" (dense 4 s scenes); 10 classes told apart by time-frequency structure. `per_class` [100]
   sources each emit one clip of every class; sources are split 70/15/15 into train/val/test.
@@ -117,8 +119,13 @@ class ClipSet:
         return ClipSet(self.name, self.split, self.root, self.classes, clips, dict(self.protocol, subset=len(clips)),
                        self.layout, self.source, self.seconds, self.note, self._synth)
 
+    @property
+    def multilabel(self) -> bool:
+        """Several classes per clip (`Clip.labels`); the feature cache then gives multi-hot targets."""
+        return self.layout in folders.MULTILABEL_LAYOUTS
+
     def class_counts(self) -> dict:
-        n = Counter(c.label for c in self.clips)
+        n = Counter(label for c in self.clips for label in (c.labels or (c.label,)))
         return {name: n[i] for i, name in enumerate(self.classes)}
 
     def default_frames(self) -> int:
@@ -133,15 +140,18 @@ class ClipSet:
         rows = []
         for c in self.clips:
             st = os.stat(c.path)
-            rows.append((c.clip_id, c.label, c.group, os.path.basename(c.path), st.st_size, st.st_mtime_ns))
+            rows.append((c.clip_id, c.label, c.group, os.path.basename(c.path), st.st_size, st.st_mtime_ns)
+                        + ((list(c.labels),) if c.labels else ()))   # multi-label: every class of the clip
         return rows
 
     def describe(self) -> str:
         proto = ", ".join(f"{k}={v}" for k, v in self.protocol.items())
         where = self.root if self.root else "generated in memory"
         kind = "real audio" if self.source == "real" else "SYNTHETIC audio (generated, not real recordings)"
+        per_clip = sum(len(c.labels) for c in self.clips) / max(len(self.clips), 1)
+        labels = f" (multi-label, {per_clip:.2f} per clip)" if self.multilabel else ""
         text = (f"{self.name} ({self.layout} layout, {where}) split '{self.split}' [{proto}]: "
-                f"{len(self.clips)} clips, {len(self.classes)} classes; {kind}")
+                f"{len(self.clips)} clips, {len(self.classes)} classes{labels}; {kind}")
         return text + (f"; {self.note}" if self.note else "")
 
 

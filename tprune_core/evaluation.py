@@ -3,6 +3,9 @@
     evaluate(model, features)                                   # the model as it is (patched or not)
     evaluate(model, features, method="topk", keep_rate=0.5)     # accuracy, n_clips, gmacs_per_clip, ...
 
+A multi-label feature set (multi-hot ``y``, tprune_core.targets) adds ``metric: "mAP"``, ``mAP`` and
+``n_scored_classes``; its ``accuracy`` is the top-1 hit rate (the arg-max class is one of the clip's labels).
+
 Uses only the public pruning API: a pruning setting is applied for the call and the previous one put back.
 """
 from __future__ import annotations
@@ -16,6 +19,7 @@ from .errors import ConfigError
 from .macs import model_macs
 from .pruning import apply_pruning, forward_from, hidden_before, last_forward, remove_pruning, settings
 from .runtime import autocast
+from .targets import hits, is_multilabel, multilabel_metrics
 
 
 def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
@@ -56,7 +60,8 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     state = settings(model)
     was_training = model.training
     model.eval()
-    correct, macs, tokens, empty, hits = 0, [], [], 0, None
+    correct, macs, tokens, empty, per_class = 0, [], [], 0, None
+    scores = [] if is_multilabel(y_all) else None   # multi-label: every logit, for mAP
     try:
         bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
                    disable=not progress, file=sys.stderr)
@@ -73,9 +78,11 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
                 else:
                     logits = model(x)
             y = y_all[i:i + batch_size]
-            right = logits.argmax(1).cpu() == y
-            correct += right.sum().item()
-            hits = _per_class(hits, y, right, logits.shape[1])
+            correct += hits(logits, y)
+            if scores is not None:
+                scores.append(logits.float().cpu())
+            else:
+                per_class = _per_class(per_class, y, logits.argmax(1).cpu() == y, logits.shape[1])
             last = last_forward(model) if state is not None else None
             t = last.tokens if last is not None else None
             m = model_macs(model, t)
@@ -91,12 +98,15 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
         model.train(was_training)
     n = len(x_all)
     out = {"accuracy": correct / n, "n_clips": n, "n_correct": correct,
-           "per_class_correct": hits[0].tolist(), "per_class_clips": hits[1].tolist(),
            "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,
            "method": state.method if state else None, "keep_rate": state.keep_rate if state else 1.0,
            "drop_loc": list(state.drop_loc) if state else list(drop_loc),
            "split": split if split is not None else getattr(features, "split", None) or None,
            "n_empty": empty}
+    if scores is not None:
+        out.update(multilabel_metrics(torch.cat(scores), y_all))
+    else:   # per-class accuracy = correct / clips (a class with no test clip has 0 clips)
+        out.update(per_class_correct=per_class[0].tolist(), per_class_clips=per_class[1].tolist())
     if tokens:
         out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
     return out

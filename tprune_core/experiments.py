@@ -1,7 +1,8 @@
 """The chapters' heavy computations over zoo models, each result cached on disk and resumable.
 
 - ``evaluate_grid``: accuracy and GMACs of zoo models under many pruning settings (one cached JSON per
-  checkpoint x split x setting; a rerun computes only what is missing).
+  checkpoint x split x setting; a rerun computes only what is missing); models of multi-label sets add the columns
+  ``metric`` ("mAP") and ``mAP`` (``analysis.headline_metric`` picks the column a chapter plots).
 - ``token_records``: what a pruned forward kept, with the attention score and the patch statistics of every token,
   per clip and block (for the "which patches matter" chapters).
 - ``train_patch_means``: patch intensities of a training split, for the k-means intensity buckets.
@@ -23,6 +24,7 @@ from .cache import cache_root
 from .fsio import atomic_write, atomic_write_json
 from .models import patch_pixels
 from .pruning import apply_pruning, record, remove_pruning
+from .targets import score_fields
 
 EVAL_VERSION = 2  # bump when evaluation code changes its numbers in a way the key does not show
 
@@ -99,7 +101,7 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
                          "drop_loc": ",".join(map(str, res["drop_loc"])), "accuracy": res["accuracy"],
                          "gmacs": res["gmacs_per_clip"], "n_clips": res["n_clips"],
                          "n_empty": res.get("n_empty", 0), "split": split, "precision": prec,
-                         "source": res.get("source") or ""})
+                         "source": res.get("source") or "", **score_fields(res)})
     return pd.DataFrame(rows)
 
 

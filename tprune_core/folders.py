@@ -8,6 +8,8 @@ $TPRUNE_DATA); a folder that no built-in layout claims is read here, in one of t
 - metadata: `<folder>/metadata.csv` with columns `file,label` and optionally `split` (train | val | test) and
   `group` (the unit that must never straddle splits: speaker, source recording, ...); `file` is relative to the
   folder (or absolute).
+- multilabel / audioset: several classes per clip, from a metadata.csv with a `labels` column or from AudioSet's
+  official segment lists; read by tprune_core.multilabel (formats there), split as below.
 
 Classes are the sorted label names. Splits (protocol parameters, defaults in brackets):
 
@@ -35,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from . import multilabel
 from .clips import AUDIO_EXT, Clip, assert_disjoint, carve_by_group, data_root, find_audio, missing_error, read_csv
 from .errors import ConfigError, DatasetError
 
@@ -42,7 +45,9 @@ LAYOUTS = {  # layout -> what it looks like
     "classes": "<label>/*.wav|flac|ogg|mp3|aiff (one folder per class, at least two)",
     "presplit": "{train,val,test}/<label>/*.wav|... (val optional)",
     "metadata": "metadata.csv with columns file,label[,split][,group]",
+    **multilabel.LAYOUTS,   # several classes per clip (tprune_core.multilabel)
 }
+MULTILABEL_LAYOUTS = frozenset(multilabel.LAYOUTS)
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 PARTS = ("train", "val", "test")
 FRACTIONS = (0.7, 0.15, 0.15)
@@ -108,8 +113,13 @@ def detect(folder) -> str | None:
     if not folder.is_dir():
         return None
     meta = folder / "metadata.csv"
-    if meta.is_file() and {"file", "label"} <= _csv_columns(meta):
+    columns = _csv_columns(meta) if meta.is_file() else set()
+    if {"file", "label"} <= columns:
         return "metadata"
+    if {"file", "labels"} <= columns:
+        return "multilabel"
+    if multilabel.is_audioset(folder):
+        return "audioset"
     parts = _split_dirs(folder)
     if "train" in parts and "test" in parts and any(_audio_files(d) for dirs in parts.values() for p in dirs
                                                     for d in _subdirs(p)):
@@ -129,7 +139,7 @@ def no_layout_error(folder: Path, layouts: str) -> DatasetError:
     meta = folder / "metadata.csv"
     why = ""
     if meta.is_file():
-        why = f" ({meta} has columns {sorted(_csv_columns(meta))}, not file,label)"
+        why = f" ({meta} has columns {sorted(_csv_columns(meta))}, not file,label or file,labels)"
     elif not any(folder.iterdir()):
         why = " (empty folder)"
     return DatasetError(f"{folder}: matches no dataset layout{why}; expected {layouts}")
@@ -177,19 +187,23 @@ def _from_folders(folder: Path, layout: str) -> list[tuple]:
     return rows
 
 
-def _from_metadata(folder: Path) -> tuple[list, bool]:
-    """Rows of metadata.csv as in _from_folders, and whether it has a group column."""
+def _from_metadata(folder: Path, column: str = "label", parse=None) -> tuple[list, bool]:
+    """Rows of metadata.csv as in _from_folders, and whether it has a group column. ``column``: the label column;
+    ``parse(text, where)``, if given, turns its text into the row's label (multi-label: a tuple of class names)."""
     meta = folder / "metadata.csv"
-    rows = read_csv(meta, {"file", "label"})
+    rows = read_csv(meta, {"file", column})
     if not rows:
-        raise DatasetError(f"{meta}: no rows; expected one line per clip ({LAYOUTS['metadata']})")
+        layout = "metadata" if column == "label" else "multilabel"
+        raise DatasetError(f"{meta}: no rows; expected one line per clip ({LAYOUTS[layout]})")
     has_split, has_group = "split" in rows[0], "group" in rows[0]
     out, missing, seen = [], [], set()
     for line, r in enumerate(rows, start=2):
         where = f"{meta}, line {line}"
-        file, label = (r["file"] or "").strip(), (r["label"] or "").strip()
+        file, label = (r["file"] or "").strip(), (r[column] or "").strip()
         if not file or not label:
-            raise DatasetError(f"{where}: file={file!r}, label={label!r}; expected both")
+            raise DatasetError(f"{where}: file={file!r}, {column}={label!r}; expected both")
+        if parse is not None:
+            label = parse(label, where)
         cid = Path(file).as_posix()
         if cid in seen:
             raise DatasetError(f"{where}: {file} is listed twice; expected each file once")
@@ -305,20 +319,42 @@ def _length_note(seconds, how) -> str:
 
 def build(folder: Path, layout: str, fractions=None, seed=None, val_fraction=None, seconds=None):
     """(classes, splits, protocol, seconds) of a folder dataset: the datasets.BUILDERS contract."""
+    read = _multilabel_clips if layout in MULTILABEL_LAYOUTS else _single_label_clips
+    classes, clips, parts, grouped, where, notes = read(folder, layout)
+    if len(classes) < 2:
+        raise DatasetError(f"{where}: {len(classes)} class(es) {classes}; expected at least two labels")
+    splits, proto = _split(where, clips, parts, grouped, fractions, seed, val_fraction)
+    proto.update(notes)
+    secs, how = clip_seconds(clips, seconds)
+    proto.update(seconds=secs, length=_length_note(secs, how))
+    return classes, splits, proto, secs
+
+
+def _single_label_clips(folder: Path, layout: str) -> tuple:
+    """(classes, clips, given split per clip, grouped, where, protocol notes) of a class-folder, pre-split or
+    metadata.csv folder."""
     if layout == "metadata":
         rows, grouped = _from_metadata(folder)
         where = folder / "metadata.csv"
     else:
         rows, grouped, where = _from_folders(folder, layout), False, folder
     classes = sorted({r[1] for r in rows})
-    if len(classes) < 2:
-        raise DatasetError(f"{where}: {len(classes)} class(es) {classes}; expected at least two labels")
     index = {name: i for i, name in enumerate(classes)}
     clips = [Clip(str(path), index[label], cid, group) for path, label, cid, group, _ in rows]
-    splits, proto = _split(where, clips, [r[4] for r in rows], grouped, fractions, seed, val_fraction)
-    secs, how = clip_seconds(clips, seconds)
-    proto.update(seconds=secs, length=_length_note(secs, how))
-    return classes, splits, proto, secs
+    return classes, clips, [r[4] for r in rows], grouped, where, {}
+
+
+def _multilabel_clips(folder: Path, layout: str) -> tuple:
+    """The same as _single_label_clips for a multi-label folder (tprune_core.multilabel)."""
+    if layout == "audioset":
+        index, rows, notes = multilabel.segments(folder)
+        grouped, where = True, folder
+    else:
+        index = multilabel.class_index(folder)
+        rows, grouped = _from_metadata(folder, "labels", multilabel.label_parser(index))
+        where, notes = folder / "metadata.csv", {"class_index": index.path.name} if index is not None else {}
+    classes = multilabel.classes_of(rows, index, where)
+    return classes, multilabel.make_clips(rows, classes), [r[4] for r in rows], grouped, where, notes
 
 
 def voxceleb1(folder: Path, seconds=4.0):

@@ -30,6 +30,10 @@ Class balance (``class_balance=True``) weights the cross-entropy by inverse trai
 Speech Commands training set has about a fifth as many `on`/`off` clips as other words (they exist only in the test
 copy's training speakers).
 
+Multi-label sets (multi-hot targets, see ``targets``) train with a sigmoid per class (binary cross-entropy; label
+smoothing moves each 0/1 target by eps/2) and are selected on validation mAP (``val_mAP`` in the history rows and
+train.json, beside ``val_acc``, their top-1 hit rate). Nothing in the config says so: the data do.
+
 Runtime pieces (devices, files, RNG, optimizer) live in ``runtime`` and evaluation in ``evaluation``; the names
 other code imported from here before (``evaluate``, ``read_json``, ``zoo_root``, ``config_hash``, ...) still work.
 """
@@ -40,7 +44,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import pruning
 from .errors import CheckpointError, ConfigError
@@ -53,6 +56,7 @@ from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash,
                       param_groups, read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
 # Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
 from .runtime import OPERATIONAL, lr_at, training_attention  # noqa: F401
+from .targets import criterion, hits, score_fields
 
 
 @dataclass
@@ -210,9 +214,9 @@ def time_shift(x: torch.Tensor, max_shift: int, generator=None) -> torch.Tensor:
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Cross-entropy weights, inverse to each class's share of the training clips, mean 1 over present classes
-    (a class without a clip gets 0)."""
-    counts = torch.bincount(labels, minlength=num_classes).double()
+    """Loss weights, inverse to each class's share of the training clips (multi-hot rows: of the positives), mean 1
+    over present classes (a class without a clip gets 0)."""
+    counts = labels.double().sum(0) if labels.dim() == 2 else torch.bincount(labels, minlength=num_classes).double()
     present = counts > 0
     w = torch.zeros(num_classes, dtype=torch.float64)
     w[present] = counts[present].sum() / (present.sum() * counts[present])
@@ -302,6 +306,7 @@ class Supervised(Task):
         self.x, self.y = train_set.x, torch.as_tensor(train_set.y)
         self.lr_hint = f"lower TrainConfig.lr (now {cfg.lr}) or use precision='fp32'"
         self.augment = SpecAugment(cfg.freq_mask, cfg.time_mask)
+        self.criterion = criterion(self.y)   # F.cross_entropy, or multilabel_loss for multi-hot targets
         self.hold = min(round(cfg.prune_hold_epochs * self.steps_per_epoch), self.total)
         self.shrink = min(round(cfg.prune_shrink_epochs * self.steps_per_epoch), self.total - self.hold)  # no overrun
         self.kr, self.val, self.best = 1.0, None, None
@@ -324,11 +329,11 @@ class Supervised(Task):
             pruning.set_keep_rate(self.model, self.kr)
         with autocast(self.device, cfg.precision):
             logits = self.model(x)
-            loss = F.cross_entropy(logits.float(), y, weight=self.weight, label_smoothing=cfg.label_smoothing)
+            loss = self.criterion(logits.float(), y, weight=self.weight, label_smoothing=cfg.label_smoothing)
             if cfg.mixup > 0 and augment:
-                loss = lam * loss + (1 - lam) * F.cross_entropy(logits.float(), y[mate], weight=self.weight,
-                                                                label_smoothing=cfg.label_smoothing)
-        return loss, (loss.item() * len(idx), (logits.argmax(1) == y).sum().item(), len(idx))
+                loss = lam * loss + (1 - lam) * self.criterion(logits.float(), y[mate], weight=self.weight,
+                                                               label_smoothing=cfg.label_smoothing)
+        return loss, (loss.item() * len(idx), hits(logits, y), len(idx))
 
     def postfix(self, sums):
         loss_sum, correct, seen = sums
@@ -342,11 +347,13 @@ class Supervised(Task):
         self.val = evaluate(self.model, self.val_set, batch_size=cfg.eval_batch_size, split="val",
                             precision=cfg.precision)
         return {"keep_rate": self.kr, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-                "val_acc": self.val["accuracy"], "val_gmacs": self.val["gmacs_per_clip"]}
+                "val_acc": self.val["accuracy"], "val_gmacs": self.val["gmacs_per_clip"],
+                **score_fields(self.val, "val_")}
 
     def keep_best(self, row):
-        if self.best is None or row["val_acc"] > self.best["val_acc"]:
-            self.best = {"epoch": row["epoch"], "val_acc": row["val_acc"], "val": self.val}
+        key = "val_mAP" if "val_mAP" in row else "val_acc"   # multi-label sets are selected on mAP
+        if self.best is None or row[key] > self.best[key]:
+            self.best = {"epoch": row["epoch"], "val_acc": row["val_acc"], key: row[key], "val": self.val}
             save_atomic({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "hash": self.cfg.hash(),
                          "classes": list(self.train_set.classes), "norm": getattr(self.train_set, "norm", None),
                          "epoch": row["epoch"], "val": self.val, "train_version": TRAIN_VERSION},
@@ -354,6 +361,7 @@ class Supervised(Task):
 
     def describe(self, row):
         return (f"loss {row['train_loss']:.3f}  train_acc {row['train_acc']:.3f}  val_acc {row['val_acc']:.3f}"
+                + (f"  val_mAP {row['val_mAP']:.3f}" if "val_mAP" in row else "")
                 + (f"  keep {row['keep_rate']:.2f}" if self.cfg.prune_method else ""))
 
     def state(self):
@@ -368,6 +376,7 @@ class Supervised(Task):
         cfg, best = self.cfg, self.best
         summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "classes": list(self.train_set.classes),
                    "best_epoch": best["epoch"], "val_accuracy": best["val_acc"], "val": best["val"],
+                   **score_fields(best["val"], "val_"),
                    "history": history, "train_seconds": history[-1]["seconds"], "steps": self.total,
                    "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "n_train": self.n, "n_val": len(self.val_set.x),

@@ -22,6 +22,11 @@ def _pairs(items, what):
     return out
 
 
+def _map(result: dict, key: str = "mAP") -> str:
+    """ ", mAP 0.8123" for a multi-label result (its accuracy is the top-1 hit rate), else nothing."""
+    return f", mAP {result[key]:.4f}" if key in result else ""
+
+
 def _drop_loc(text):
     try:
         return tuple(int(b) for b in text.split(","))
@@ -115,8 +120,9 @@ def cmd_train(args):
         print(json.dumps(summary, indent=1, default=str))
     else:
         test = summary.get("test", {})
-        print(f"run {summary['hash']}: val acc {summary['val_accuracy']:.4f} (epoch {summary['best_epoch']})"
-              + (f", test acc {test['accuracy']:.4f} on {test['n_clips']} clips" if test else "")
+        print(f"run {summary['hash']}: val acc {summary['val_accuracy']:.4f}{_map(summary, 'val_mAP')} "
+              f"(epoch {summary['best_epoch']})"
+              + (f", test acc {test['accuracy']:.4f}{_map(test)} on {test['n_clips']} clips" if test else "")
               + f", {summary['train_seconds']:.0f} s training")
     return 0
 
@@ -168,7 +174,8 @@ def cmd_eval(args):
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{cfg.family}/{cfg.dataset} {args.split}: accuracy {result['accuracy']:.4f} on {result['n_clips']} "
+        print(f"{cfg.family}/{cfg.dataset} {args.split}: accuracy {result['accuracy']:.4f}{_map(result)} on "
+              f"{result['n_clips']} "
               f"clips, {result['gmacs_per_clip']:.4f} GMACs/clip (method {result['method']}, keep {result['keep_rate']})")
     return 0
 
