@@ -214,8 +214,8 @@ def time_shift(x: torch.Tensor, max_shift: int, generator=None) -> torch.Tensor:
 
 
 def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Loss weights, inverse to each class's share of the training clips (multi-hot rows: of the positives), mean 1
-    over present classes (a class without a clip gets 0)."""
+    """Loss weights inverse to each class's share of the training clips (multi-hot rows: of the positives), scaled
+    so that the average weight per training clip is 1 (sklearn's "balanced"); a class without a clip gets 0."""
     counts = labels.double().sum(0) if labels.dim() == 2 else torch.bincount(labels, minlength=num_classes).double()
     present = counts > 0
     w = torch.zeros(num_classes, dtype=torch.float64)
