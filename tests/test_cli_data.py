@@ -122,3 +122,24 @@ def test_train_and_eval_on_a_folder_path(capsys, tmp_cache, tmp_path, one_thread
     result = json.loads(out)
     assert code == 0 and result["dataset"] == str(folder) and result["n_clips"] == 3 and result["keep_rate"] == 0.5
     assert sorted(p.name.split("-")[1] for p in (tmp_cache / "features").glob("birds-*.pt")) == ["test", "train", "val"]
+
+
+def test_a_run_on_a_folder_is_not_served_after_the_folder_changes(tmp_path):
+    """The run hash of a user-folder dataset covers the folder's content: add a clip and the trained run is no
+    longer the one a config names (built-in names keep their name-only hashes)."""
+    from conftest import write_tone
+    from tprune_core.mae import MAEConfig
+    from tprune_core.train import TrainConfig
+    folder = tmp_path / "birds"
+    for label in ("owl", "wren"):
+        (folder / label).mkdir(parents=True)
+        for i in range(6):
+            write_tone(folder / label / f"{label}{i}.wav", seconds=0.3, freq=300 + 200 * i)
+    cfg = TrainConfig(dataset=str(folder), frames=32, epochs=1)
+    before = cfg.hash()
+    assert before == TrainConfig(dataset=str(folder), frames=32, epochs=1).hash()      # stable while unchanged
+    mae = MAEConfig(sources=[{"dataset": str(folder), "protocol": {}, "frames": 32}], crop_frames=32)
+    mae_before = mae.hash()
+    write_tone(folder / "owl" / "owl_new.wav", seconds=0.3)
+    assert cfg.hash() != before and mae.hash() != mae_before
+    assert TrainConfig(dataset="synthetic", frames=32).hash() == TrainConfig(dataset="synthetic", frames=32).hash()

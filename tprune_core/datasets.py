@@ -37,7 +37,9 @@ Data are found under `root` (the dataset folder or a folder holding it), else un
 folder names in FOLDERS (or any sub-folder whose layout matches). A path to a folder in a built-in layout loads as
 that dataset.
 """
+import hashlib
 import inspect
+import json
 import math
 import os
 import warnings
@@ -454,6 +456,27 @@ def _build(name, folder, layout, split, protocol, builder=None) -> ClipSet:
     classes, splits, proto, seconds = _splits(name, folder, layout, protocol, builder)
     clips = [c for p in ("train", "val", "test") for c in splits[p]] if split == "all" else splits[split]
     return ClipSet(name, split, str(folder), classes, clips, proto, layout, "real", seconds)
+
+
+def is_builtin(name) -> bool:
+    """True for the names this module knows (their name and protocol identify their clips)."""
+    return isinstance(name, str) and (name in BUILDERS or name == "synthetic" or name.split(":")[0] == "default")
+
+
+def data_fingerprint(name, protocol=None) -> str | None:
+    """None for a built-in dataset; for a user folder, 16 hex digits over its resolved path and every clip of every
+    split (ids, labels, groups, file sizes and modification times): changes whenever the folder's content does.
+    None too for a name that is no folder at all (e.g. a label for in-memory sets passed straight to ``fit``)."""
+    if is_builtin(name):
+        return None
+    try:
+        if folders.find(name) is None:
+            return None
+    except DatasetError:
+        return None
+    clips = load_dataset(name, split="all", **dict(protocol or {}))
+    text = json.dumps([clips.root, clips.signature()], default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def load_dataset(name, root=None, split: str = "train", **protocol) -> ClipSet:

@@ -33,6 +33,7 @@ from timm.models.vision_transformer import Block
 
 from .errors import CheckpointError, ConfigError
 from .loop import Task, run_epochs
+from .datasets import data_fingerprint
 from .models import create_model, patch_grid, patch_pixels
 from .rules import PATCH, PRECISIONS, SIZES
 from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch,
@@ -99,7 +100,9 @@ class MAEConfig:
         return cls(**d)
 
     def hash(self) -> str:
-        return config_hash(self)
+        """As TrainConfig.hash: user-folder sources add their content fingerprints."""
+        prints = [data_fingerprint(s["dataset"], s["protocol"]) for s in self.sources]
+        return config_hash(self, data=prints if any(prints) else None)
 
 
 # ---------------------------------------------------------------------------------------------- pieces

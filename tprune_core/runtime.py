@@ -33,11 +33,15 @@ ADDED_LATER = {"class_balance": False, "time_shift": 0, "augment_while_shrinking
 
 # ---------------------------------------------------------------------------------------------- run identity
 
-def config_hash(cfg) -> str:
-    """12 hex digits of sha256 over every field that changes a run's numbers (and the code version)."""
+def config_hash(cfg, data=None) -> str:
+    """12 hex digits of sha256 over every field that changes a run's numbers (and the code version). ``data``: the
+    content fingerprint of user-folder datasets (``datasets.data_fingerprint``), left out when None (built-in
+    datasets are identified by name and protocol)."""
     d = {k: v for k, v in cfg.to_dict().items()
          if k not in OPERATIONAL and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     d["_kind"], d["_version"] = type(cfg).__name__, TRAIN_VERSION
+    if data:
+        d["_data"] = data
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -50,6 +50,7 @@ from .errors import CheckpointError, ConfigError
 from .evaluation import crop_frames, evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
+from .datasets import data_fingerprint
 from .models import create_model
 from .rules import FAMILIES, METHODS, PATCH, PRECISIONS, SIZES
 from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch,
@@ -119,7 +120,9 @@ class TrainConfig:
         return cls(**d)
 
     def hash(self) -> str:
-        return config_hash(self)
+        """Names the run's folder. A user-folder dataset adds its content fingerprint: a run trained before the
+        folder changed is never served for the changed folder."""
+        return config_hash(self, data=data_fingerprint(self.dataset, self.protocol))
 
 
 def validate(cfg: TrainConfig):
