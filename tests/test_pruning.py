@@ -637,3 +637,35 @@ def test_public_state_api_reports_settings_counts_positions_and_calls():
         kept = last.kept(c)
         assert (kept != PADDING_POSITION).all()
         assert len(kept) == int(last.tokens[c, -1, 1]) - m.num_prefix_tokens
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fixed_budget_forward_reads_no_tensor_value_into_python(family):
+    """A pruned forward with a static token budget never syncs on a tensor value (``.item()``, ``int(t)``,
+    ``bool(t)``): each would stall a GPU pipeline. Per-clip methods (adaptive, intensity_range) must read their
+    counts, so they are left out; a regression in any other method fails here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from tprune_core.rules import FIXED_BUDGET
+
+    class ScalarReads(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.reads = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.reads += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    m = make_model(family)
+    x = torch.randn(2, FRAMES, MEL, generator=torch.Generator().manual_seed(1))
+    for method in FIXED_BUDGET:
+        apply_pruning(m, method, 0.5)
+        spy = ScalarReads()
+        with torch.no_grad(), spy:
+            m(x)
+        assert spy.reads == 0, method
+    apply_pruning(m, "adaptive", 0.5)          # the spy does see reads where they happen
+    spy = ScalarReads()
+    with torch.no_grad(), spy:
+        m(x)
+    assert spy.reads > 0
