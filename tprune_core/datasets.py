@@ -14,8 +14,9 @@ The builders assert it. Protocols (defaults in brackets):
   `seed` [0]. Labels: yes no up down left right on off stop go + `_unknown_` (every other word); 11 classes.
   `extra=True` (or a path) pools extra training speakers (`speechcommands-extra-v0.01`, beside the test copy or
   under $TPRUNE_DATA; v0.01 clips of speakers absent from the v0.02 test list): test = the test copy's speakers
-  drawn to hold about `test_fraction` [0.4] of its clips (every class; >= 1,500 clips on the shared copy); train
-  and val = all other clips of both folders, `val_fraction` [0.15] of each class held out by speaker. All three
+  drawn to hold about `test_fraction` [0.4] of its clips (every class; >= 1,500 clips on the shared copy), val =
+  other test-copy speakers holding about `val_fraction` [0.15] of its clips (so selection sees the test's kind of
+  recordings), train = the rest of the test copy plus the whole extra folder. All three
   splits are asserted speaker-disjoint across both folders. The extra folder has no on/off clips: those classes
   are trained from the test copy's training speakers only, so the pooled training set is unbalanced.
   `_background_noise_` (the benchmark's `_silence_` class) is not used.
@@ -345,25 +346,29 @@ def locate_speech_extra(test_copy: Path, extra=True) -> Path:
 
 
 def _pooled_speech(folder: Path, clips: list, extra, test_fraction: float, val_fraction: float, seed: int):
-    """Speech protocol with extra training speakers: test = a seeded share of the test copy's speakers (about
-    ``test_fraction`` of its clips); train + val = every other clip of the test copy plus the whole extra folder,
-    ``val_fraction`` of each class held out by speaker. The extra folder has no `on`/`off`: those two classes come
-    only from the test copy's training speakers (training balances classes; see train.py)."""
-    if not 0 < test_fraction < 1 or not 0 < val_fraction < 1:
-        raise ConfigError(f"test_fraction={test_fraction}, val_fraction={val_fraction}: expected numbers in (0, 1)")
+    """Speech protocol with extra training speakers: the test copy's speakers are drawn into test (about
+    ``test_fraction`` of its clips), val (about ``val_fraction``) and train (the rest); the whole extra folder joins
+    train. Validation thus comes from the same recordings as the test (v0.02 test-list speakers, lossless, every
+    `_unknown_` word), so selecting on it selects for the test distribution. The extra folder has no `on`/`off` and
+    only three `_unknown_` words (bed, cat, happy): those come from the test copy's training speakers alone
+    (training can balance classes; see train.py)."""
+    if not 0 < test_fraction < 1 or not 0 < val_fraction < 1 or test_fraction + val_fraction >= 1:
+        raise ConfigError(f"test_fraction={test_fraction}, val_fraction={val_fraction}: expected numbers in (0, 1) "
+                          f"with a sum below 1")
     extra_folder = locate_speech_extra(folder, extra)
     extra_clips = _speech_clips(extra_folder, id_prefix="extra/")
     if not extra_clips:
         raise DatasetError(f"{extra_folder}: no audio files in the label folders")
     rest, test = carve_by_group(clips, test_fraction, seed)
-    train, val = carve_by_group(rest + extra_clips, val_fraction, seed + 1)
+    train, val = carve_by_group(rest, val_fraction / (1 - test_fraction), seed + 1)
+    train = train + extra_clips
     splits = {"train": train, "val": val, "test": test}
     missing = sorted(set(range(len(KEYWORDS) + 1)) - {c.label for c in test})
     if missing:
         raise DatasetError(f"{folder}: the pooled protocol's test split lacks class(es) {missing}; "
                            f"expected every class in test (raise test_fraction)")
     protocol = dict(split="pooled by speaker", extra=str(extra_folder), test_fraction=test_fraction,
-                    val_fraction=val_fraction, seed=seed, test_from="test copy only")
+                    val_fraction=val_fraction, seed=seed, test_from="test copy only", val_from="test copy only")
     return splits, protocol
 
 
