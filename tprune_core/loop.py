@@ -35,12 +35,13 @@ from .runtime import load_torch, lr_at, optimizer_step, rng_state, save_atomic, 
 class Task:
     """One kind of training as ``run_epochs`` drives it. Subclasses implement ``step``, ``end_epoch`` and ``finish``;
     the other hooks are optional. ``cfg`` has epochs, batch_size, seed, lr, min_lr, warmup_epochs, grad_clip,
-    ckpt_every, progress, ``hash()`` and ``to_dict()``."""
+    ckpt_every, progress, ``hash()`` and ``to_dict()``. ``run_hash`` is the run's identity, taken once as the
+    task starts (a user-folder dataset's hash reads every file's size and mtime: not a thing to redo per save)."""
     zero = (0.0, 0)                      # the running sums of an epoch as it starts ("epoch_stats" in state.pt)
     lr_hint = "lower the learning rate"  # the advice when the loss stops being finite
 
     def __init__(self, cfg, run_dir, tag: str, model, opt, device: torch.device, n: int):
-        self.cfg, self.run_dir, self.tag = cfg, Path(run_dir), tag
+        self.cfg, self.run_dir, self.tag, self.run_hash = cfg, Path(run_dir), tag, cfg.hash()
         self.model, self.opt, self.device, self.n = model, opt, device, n
         self.steps_per_epoch = n // cfg.batch_size
         self.total = self.steps_per_epoch * cfg.epochs
@@ -77,13 +78,13 @@ class Task:
         raise NotImplementedError
 
 
-def resume_state(state_path: Path, cfg, model, opt, device) -> dict | None:
+def resume_state(state_path: Path, run_hash: str, model, opt, device) -> dict | None:
     """The saved state of an interrupted run with model, optimizer and RNG restored from it; None: a fresh run."""
     if not state_path.is_file():
         return None
     st = load_torch(state_path)
-    if st.get("hash") != cfg.hash():
-        raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {cfg.hash()}")
+    if st.get("hash") != run_hash:
+        raise CheckpointError(f"{state_path}: belongs to run {st.get('hash')}, not {run_hash}")
     model.load_state_dict(st["model"])
     opt.load_state_dict(st["optimizer"])
     set_rng_state(st["rng"], device)
@@ -94,10 +95,10 @@ def _start(task: Task, state_path: Path) -> tuple:
     """(step, history, elapsed seconds, the epoch's running sums) to go on from: state.pt's, with everything else it
     holds restored; or a fresh run's, whose folder and config.json are created."""
     cfg = task.cfg
-    st = resume_state(state_path, cfg, task.model, task.opt, task.device)
+    st = resume_state(state_path, task.run_hash, task.model, task.opt, task.device)
     if st is None:
         task.run_dir.mkdir(parents=True, exist_ok=True)
-        save_atomic({"hash": cfg.hash(), "config": cfg.to_dict()}, task.run_dir / "config.json")
+        save_atomic({"hash": task.run_hash, "config": cfg.to_dict()}, task.run_dir / "config.json")
         return 0, [], 0.0, task.zero
     task.restore(st)
     print(f"[{task.tag}] resuming {task.run_dir.name} at step {st['step']}/{task.total} "
@@ -115,7 +116,7 @@ def run_epochs(task: Task):
     t_session, steps_session = time.perf_counter(), 0
 
     def save_state():
-        save_atomic({"hash": cfg.hash(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+        save_atomic({"hash": task.run_hash, "model": model.state_dict(), "optimizer": opt.state_dict(),
                      "rng": rng_state(task.device), "step": step, "history": history,
                      "elapsed": elapsed + time.perf_counter() - t_session, "epoch_stats": sums, **task.state()},
                     state_path)
@@ -153,7 +154,8 @@ def run_epochs(task: Task):
         history.append(row)
         task.keep_best(row)
         save_state()
-        save_atomic({"hash": cfg.hash(), "config": cfg.to_dict(), "history": history}, task.run_dir / "log.json")
+        save_atomic({"hash": task.run_hash, "config": cfg.to_dict(), "history": history},
+                    task.run_dir / "log.json")
         eta = (time.perf_counter() - t_session) / max(steps_session, 1) * (total - step)
         tqdm.write(f"[{task.tag}] epoch {epoch + 1}/{cfg.epochs}  {task.describe(row)}  lr {lr:.2e}  "
                    f"{row['seconds']:.0f}s  ETA {eta:.0f}s", file=sys.stderr)

@@ -297,9 +297,9 @@ class Pretraining(Task):
 
     def finish(self, history) -> Path:
         cfg = self.cfg
-        save_atomic({"encoder": self.model.encoder_state(), "config": cfg.to_dict(), "hash": cfg.hash(),
+        save_atomic({"encoder": self.model.encoder_state(), "config": cfg.to_dict(), "hash": self.run_hash,
                      "train_version": TRAIN_VERSION}, self.run_dir / "encoder.pt")
-        summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "history": history,
+        summary = {"hash": self.run_hash, "config": cfg.to_dict(), "history": history,
                    "final_loss": history[-1]["loss"], "train_seconds": history[-1]["seconds"], "steps": self.total,
                    "n_clips": self.n, "device": str(self.device),
                    "sources": [{"dataset": s["dataset"], "split": "train", "clips": len(fs.x),

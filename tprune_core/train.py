@@ -320,9 +320,10 @@ class Supervised(Task):
         x, y = crop_frames(self.x[idx].float(), cfg.frames, random=True), self.y[idx]
         shrinking = cfg.prune_method is not None and self.hold <= step < self.hold + self.shrink
         augment = cfg.augment_while_shrinking or not shrinking
+        mix = cfg.mixup > 0 and augment
         if augment:
             x = self.augment(time_shift(x, cfg.time_shift))
-        if cfg.mixup > 0 and augment:
+        if mix:
             lam = float(torch.distributions.Beta(cfg.mixup, cfg.mixup).sample())
             mate = torch.randperm(len(idx))
             x = lam * x + (1 - lam) * x[mate]
@@ -333,7 +334,7 @@ class Supervised(Task):
         with autocast(self.device, cfg.precision):
             logits = self.model(x)
             loss = self.criterion(logits.float(), y, weight=self.weight, label_smoothing=cfg.label_smoothing)
-            if cfg.mixup > 0 and augment:
+            if mix:
                 loss = lam * loss + (1 - lam) * self.criterion(logits.float(), y[mate], weight=self.weight,
                                                                label_smoothing=cfg.label_smoothing)
         return loss, (loss.item() * len(idx), hits(logits, y), len(idx))
@@ -357,7 +358,7 @@ class Supervised(Task):
         key = "val_mAP" if "val_mAP" in row else "val_acc"   # multi-label sets are selected on mAP
         if self.best is None or row[key] > self.best[key]:
             self.best = {"epoch": row["epoch"], "val_acc": row["val_acc"], key: row[key], "val": self.val}
-            save_atomic({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "hash": self.cfg.hash(),
+            save_atomic({"model": self.model.state_dict(), "config": self.cfg.to_dict(), "hash": self.run_hash,
                          "classes": list(self.train_set.classes), "norm": getattr(self.train_set, "norm", None),
                          "epoch": row["epoch"], "val": self.val, "train_version": TRAIN_VERSION},
                         self.run_dir / "best.pt")
@@ -377,7 +378,7 @@ class Supervised(Task):
 
     def finish(self, history) -> dict:
         cfg, best = self.cfg, self.best
-        summary = {"hash": cfg.hash(), "config": cfg.to_dict(), "classes": list(self.train_set.classes),
+        summary = {"hash": self.run_hash, "config": cfg.to_dict(), "classes": list(self.train_set.classes),
                    "best_epoch": best["epoch"], "val_accuracy": best["val_acc"], "val": best["val"],
                    **score_fields(best["val"], "val_"),
                    "history": history, "train_seconds": history[-1]["seconds"], "steps": self.total,
