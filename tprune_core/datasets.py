@@ -75,6 +75,7 @@ LAYOUTS = {
     "voxceleb1": ["official: wav/<speaker>/<video>/<n>.wav + iden_split.txt"],
 }
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
+SPEECH_CLASSES = KEYWORDS + ["_unknown_"]   # every other word is `_unknown_`
 DEFAULTS = {"ambient": "urbansound8k", "speech": "speechcommands"}
 
 
@@ -318,12 +319,11 @@ def _speaker(stem: str) -> str:
 
 def _speech_clips(folder: Path, id_prefix: str = "") -> list:
     """Clips of a Speech Commands folder of label sub-folders (11 classes: keywords + `_unknown_`)."""
-    classes = KEYWORDS + ["_unknown_"]
     clips = []
     for d in sorted(p for p in folder.iterdir() if p.is_dir()):
         if d.name.startswith("_") and d.name != "_unknown_":
             continue  # _background_noise_: the `_silence_` class, not part of this 11-class task
-        label = classes.index(d.name) if d.name in classes else len(KEYWORDS)
+        label = SPEECH_CLASSES.index(d.name) if d.name in SPEECH_CLASSES else len(KEYWORDS)
         for f in sorted(d.iterdir()):
             if f.suffix.lower() in AUDIO_EXT:
                 clips.append(Clip(str(f), label, f"{id_prefix}{d.name}/{f.stem}", _speaker(f.stem)))
@@ -341,8 +341,9 @@ def locate_speech_extra(test_copy: Path, extra=True) -> Path:
     for c in candidates:
         if c.is_dir() and all((c / k).is_dir() for k in ("yes", "no", "_unknown_")):
             return c.resolve()
-    raise DatasetError(f"extra={extra!r}: no extra Speech Commands folder found (looked for {[str(c) for c in candidates]}); "
-                       f"expected label folders yes/ no/ ... _unknown_/ of audio files from speakers not in the test set")
+    raise DatasetError(f"extra={extra!r}: no extra Speech Commands folder found (looked for "
+                       f"{[str(c) for c in candidates]}); expected label folders yes/ no/ ... _unknown_/ of audio "
+                       f"files from speakers not in the test set")
 
 
 def _pooled_speech(folder: Path, clips: list, extra, test_fraction: float, val_fraction: float, seed: int):
@@ -363,7 +364,7 @@ def _pooled_speech(folder: Path, clips: list, extra, test_fraction: float, val_f
     train, val = carve_by_group(rest, val_fraction / (1 - test_fraction), seed + 1)
     train = train + extra_clips
     splits = {"train": train, "val": val, "test": test}
-    missing = sorted(set(range(len(KEYWORDS) + 1)) - {c.label for c in test})
+    missing = sorted(set(range(len(SPEECH_CLASSES))) - {c.label for c in test})
     if missing:
         raise DatasetError(f"{folder}: the pooled protocol's test split lacks class(es) {missing}; "
                            f"expected every class in test (raise test_fraction)")
@@ -374,11 +375,10 @@ def _pooled_speech(folder: Path, clips: list, extra, test_fraction: float, val_f
 
 def _speechcommands(folder: Path, layout: str, fractions=None, seed=None, extra=False, test_fraction=0.4,
                     val_fraction=0.15):
-    classes = KEYWORDS + ["_unknown_"]
     clips = _speech_clips(folder)
     if not clips:
         raise DatasetError(f"{folder}: no audio files in the label folders; expected {_expected(['speechcommands'])}")
-    if extra is not False and extra is not None:
+    if extra:   # True, or the extra folder's path
         if layout == "official" or fractions is not None:
             raise ConfigError(f"extra={extra!r}: extra training speakers pool with the shared test-set copy only, "
                               f"and replace `fractions` by test_fraction / val_fraction")
@@ -404,7 +404,7 @@ def _speechcommands(folder: Path, layout: str, fractions=None, seed=None, extra=
         splits = split_by_group(clips, fractions, seed)
         protocol = dict(split="by speaker", fractions=list(fractions), seed=seed)
     assert_disjoint("speechcommands", splits, what="speaker")   # speakers of both folders, all three splits
-    return classes, splits, protocol, 1.0
+    return list(SPEECH_CLASSES), splits, protocol, 1.0
 
 
 def _esc50(folder: Path, layout: str, test_fold=5, val_fold=4):

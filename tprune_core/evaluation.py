@@ -78,11 +78,13 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
                 else:
                     logits = model(x)
             y = y_all[i:i + batch_size]
-            correct += hits(logits, y)
             if scores is not None:
+                correct += hits(logits, y)
                 scores.append(logits.float().cpu())
-            else:
-                per_class = _per_class(per_class, y, logits.argmax(1).cpu() == y, logits.shape[1])
+            else:   # one arg-max gives both the count and the per-class tally
+                right = logits.argmax(1).cpu() == y
+                correct += int(right.sum())
+                per_class = _per_class(per_class, y, right, logits.shape[1])
             last = last_forward(model) if state is not None else None
             t = last.tokens if last is not None else None
             m = model_macs(model, t)
@@ -112,8 +114,9 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     return out
 
 
-def _per_class(hits, y: torch.Tensor, right: torch.Tensor, num_classes: int):
+def _per_class(counts, y: torch.Tensor, right: torch.Tensor, num_classes: int):
     """Running (correct, clips) per class: per-class accuracy = correct / clips (classes never seen have 0 clips)."""
-    if hits is None:
-        hits = (torch.zeros(num_classes, dtype=torch.long), torch.zeros(num_classes, dtype=torch.long))
-    return (hits[0] + torch.bincount(y[right], minlength=num_classes), hits[1] + torch.bincount(y, minlength=num_classes))
+    if counts is None:
+        counts = (torch.zeros(num_classes, dtype=torch.long), torch.zeros(num_classes, dtype=torch.long))
+    return (counts[0] + torch.bincount(y[right], minlength=num_classes),
+            counts[1] + torch.bincount(y, minlength=num_classes))

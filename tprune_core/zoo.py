@@ -133,9 +133,8 @@ def base_config(profile: str, family: str, dataset: str, seed: int, reverse: boo
     if dataset not in spec["datasets"]:
         raise ConfigError(f"zoo {profile}: dataset {dataset!r} not in {sorted(spec['datasets'])}")
     kw = dict(spec["common"])
-    kw.update({k: v for k, v in spec["datasets"][dataset].items() if k not in ("reverse_protocol", "family_epochs")})
+    kw.update({k: v for k, v in spec["datasets"][dataset].items() if k != "reverse_protocol"})
     kw.update(spec["family_overrides"].get(family, {}))
-    kw.update(spec["datasets"][dataset].get("family_epochs", {}).get(family, {}))
     kw.update(family=family, dataset=dataset, seed=seed, protocol=_protocols(profile, reverse)[dataset])
     if family == "audiomae":
         kw["init"] = "mae:" + mae_config(profile, reverse).hash()
@@ -201,7 +200,8 @@ def _entry(role, cfg) -> dict:
             e.update(train_seconds=s["train_seconds"], final_loss=s["final_loss"])
         return e
     e.update(family=cfg.family, dataset=cfg.dataset, protocol=cfg.protocol, seed=cfg.seed, frames=cfg.frames,
-             method="control" if role == "control" else cfg.prune_method, keep_rate=cfg.keep_rate, drop_loc=list(cfg.drop_loc), init=cfg.init,
+             method="control" if role == "control" else cfg.prune_method, keep_rate=cfg.keep_rate,
+             drop_loc=list(cfg.drop_loc), init=cfg.init,
              checkpoint=str(run_dir / "best.pt"), trained=(run_dir / "train.json").is_file(), config=cfg.to_dict())
     if e["trained"]:
         s = read_json(run_dir / "train.json")
