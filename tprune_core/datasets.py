@@ -10,9 +10,10 @@ The builders assert it. Protocols (defaults in brackets):
   part of whole source recordings (fsID) holding `val_fraction` [0.15] of each class, chosen with `seed` [0].
   The shared copy has folds 1 and 10: test_fold=10 trains on fold 1 and tests on fold 10, test_fold=1 the reverse.
 - speechcommands: official v0.02 layout -> the official validation_list.txt / testing_list.txt, train the rest.
-  The shared test-set copy -> speakers split `fractions` [(0.7, 0.15, 0.15)] of the clips into train/val/test with
-  `seed` [0]. Labels: yes no up down left right on off stop go + `_unknown_` (every other word); 11 classes.
-  `extra=True` (or a path) pools extra training speakers (`speechcommands-extra-v0.01`, beside the test copy or
+  The shared test-set copy, `extra` ["auto": pooled whenever the extra folder is found, else False] -> with
+  `extra=False` (or `fractions` given) speakers split `fractions` [(0.7, 0.15, 0.15)] of the clips into
+  train/val/test with `seed` [0]. Labels: yes no up down left right on off stop go + `_unknown_` (every other word);
+  11 classes. `extra=True` (or a path) pools extra training speakers (`speechcommands-extra-v0.01`, beside the test copy or
   under $TPRUNE_DATA; v0.01 clips of speakers absent from the v0.02 test list): test = the test copy's speakers
   drawn to hold about `test_fraction` [0.4] of its clips (every class; >= 1,500 clips on the shared copy), val =
   other test-copy speakers holding about `val_fraction` [0.15] of its clips (so selection sees the test's kind of
@@ -373,11 +374,43 @@ def _pooled_speech(folder: Path, clips: list, extra, test_fraction: float, val_f
     return splits, protocol
 
 
-def _speechcommands(folder: Path, layout: str, fractions=None, seed=None, extra=False, test_fraction=0.4,
+def _pools_by_default(folder: Path, layout: str, fractions) -> bool:
+    """``extra="auto"``: the shared test copy pools the extra speakers whenever their folder is there (and no
+    ``fractions`` ask for the old 70/15/15 split); the official layout keeps its official lists."""
+    if layout == "official" or fractions is not None:
+        return False
+    try:
+        locate_speech_extra(folder)
+    except DatasetError:
+        return False
+    return True
+
+
+def split_identity(name, protocol=None) -> str | None:
+    """For a built-in dataset whose split depends on more than its name and protocol: a short string naming the
+    split actually used (part of a run's hash, so a changed split never serves a stale run); else None. Today:
+    Speech Commands pooled with the extra speakers (``"speech-pooled-2"``: version 2 validates on test-copy
+    speakers only)."""
+    protocol = dict(protocol or {})
+    if name != "speechcommands" or protocol.get("extra", "auto") is False:
+        return None
+    try:
+        folder, layout = locate(name)
+    except DatasetError:
+        return None
+    extra = protocol.get("extra", "auto")
+    if extra == "auto":
+        extra = _pools_by_default(folder, layout, protocol.get("fractions"))
+    return "speech-pooled-2" if extra else None
+
+
+def _speechcommands(folder: Path, layout: str, fractions=None, seed=None, extra="auto", test_fraction=0.4,
                     val_fraction=0.15):
     clips = _speech_clips(folder)
     if not clips:
         raise DatasetError(f"{folder}: no audio files in the label folders; expected {_expected(['speechcommands'])}")
+    if extra == "auto":
+        extra = _pools_by_default(folder, layout, fractions)
     if extra:   # True, or the extra folder's path
         if layout == "official" or fractions is not None:
             raise ConfigError(f"extra={extra!r}: extra training speakers pool with the shared test-set copy only, "
@@ -473,7 +506,7 @@ def data_fingerprint(name, protocol=None) -> str | None:
     split (ids, labels, groups, file sizes and modification times): changes whenever the folder's content does.
     None too for a name that is no folder at all (e.g. a label for in-memory sets passed straight to ``fit``)."""
     if is_builtin(name):
-        return None
+        return split_identity(name, protocol)
     try:
         if folders.find(name) is None:
             return None
