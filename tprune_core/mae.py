@@ -36,7 +36,7 @@ from .loop import Task, run_epochs
 from .datasets import data_fingerprint
 from .models import create_model, patch_grid, patch_pixels
 from .rules import PATCH, PRECISIONS, SIZES
-from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch,
+from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch, machine_info,
                       param_groups, read_json, resolve_device, run_dir_for, save_atomic)
 
 
@@ -301,7 +301,7 @@ class Pretraining(Task):
                      "train_version": TRAIN_VERSION}, self.run_dir / "encoder.pt")
         summary = {"hash": self.run_hash, "config": cfg.to_dict(), "history": history,
                    "final_loss": history[-1]["loss"], "train_seconds": history[-1]["seconds"], "steps": self.total,
-                   "n_clips": self.n, "device": str(self.device),
+                   "n_clips": self.n, "device": str(self.device), "machine": machine_info(self.device),
                    "sources": [{"dataset": s["dataset"], "split": "train", "clips": len(fs.x),
                                 "source": getattr(fs, "source", None)} for s, fs in zip(cfg.sources, self.pool)]}
         save_atomic(summary, self.run_dir / "mae.json")

@@ -41,7 +41,7 @@ class MissingResultError(ResultsError, FileNotFoundError):
 
 
 class StaleResultError(ResultsError):
-    """The stored result was made with parameters other than the requested ones."""
+    """The stored result was made with parameters (or model weights) other than the requested ones."""
 
 
 # ---------------------------------------------------------------------------------------------- locations
@@ -79,19 +79,29 @@ def _read_roots(root) -> list:
     return [None] + [Path(p).expanduser().resolve() for p in extra.split(os.pathsep) if p.strip()]
 
 
+# Paths the build itself writes: a change there says nothing about the code, so it never makes the version dirty.
+GENERATED = ("results", "_build", "book/reruns")
+
+
 @functools.lru_cache(maxsize=None)
 def code_version() -> str:
-    """Package version plus the git commit (and `-dirty` when the checkout has uncommitted changes)."""
+    """Package version plus the git commit, and `-dirty` when tracked code has uncommitted changes. The tables
+    and pages a build writes (GENERATED) do not count: a build from a clean checkout stays clean."""
     root = repo_root()
     if root is None:
         return __version__
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=10"], cwd=root,
-                             capture_output=True, text=True, timeout=10)
+        rev = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
+                                + [f":(exclude){p}" for p in GENERATED], cwd=root, capture_output=True, text=True,
+                                timeout=10)
     except (OSError, subprocess.SubprocessError):
         return __version__
-    rev = out.stdout.strip()
-    return f"{__version__}+g{rev}" if out.returncode == 0 and rev else __version__
+    if rev.returncode != 0 or not rev.stdout.strip():
+        return __version__
+    dirty = "-dirty" if status.returncode == 0 and status.stdout.strip() else ""
+    return f"{__version__}+g{rev.stdout.strip()}{dirty}"
 
 
 def _check_name(kind: str, value: str) -> str:
@@ -195,8 +205,25 @@ def _save(chapter, name, payload: bytes, kind: str, params, root, extra: dict) -
     return data_path
 
 
-def save_table(chapter: str, name: str, table, params: dict, root=None) -> Path:
-    """Save a pandas DataFrame as `<root>/<chapter>/<name>.csv` with its parameters; returns the CSV path."""
+def _provenance(checkpoints, machine) -> dict:
+    """Sidecar fields of a table computed from trained models: ``checkpoints`` (model name -> sha256 of its
+    weights file) and ``machine`` (processor, threads, library versions of the computing process)."""
+    out = {}
+    if checkpoints is not None:
+        if not isinstance(checkpoints, dict) or not checkpoints or not all(
+                isinstance(k, str) and isinstance(v, str) and len(v) == 64 for k, v in checkpoints.items()):
+            raise ConfigError(f"checkpoints: expected a non-empty dict of model name -> sha256 hex digest (64 "
+                              f"characters), got {checkpoints!r:.200}")
+        out["checkpoints"] = dict(sorted(checkpoints.items()))
+    if machine is not None:
+        out["machine"] = canonical_params(machine)
+    return out
+
+
+def save_table(chapter: str, name: str, table, params: dict, root=None, checkpoints=None, machine=None) -> Path:
+    """Save a pandas DataFrame as `<root>/<chapter>/<name>.csv` with its parameters; returns the CSV path. A table
+    computed from trained models passes ``checkpoints`` (name -> weights sha256; loads then refuse it once any
+    model changed) and ``machine`` (see ``_provenance``)."""
     import pandas as pd
 
     if not isinstance(table, pd.DataFrame):
@@ -212,16 +239,18 @@ def save_table(chapter: str, name: str, table, params: dict, root=None) -> Path:
         dtypes[col] = kind
     payload = table.to_csv(index=False, lineterminator="\n").encode()
     return _save(chapter, name, payload, "csv", params, root, {"columns": list(table.columns), "dtypes": dtypes,
-                                                               "rows": int(len(table))})
+                                                               "rows": int(len(table)),
+                                                               **_provenance(checkpoints, machine)})
 
 
-def save_json(chapter: str, name: str, data, params: dict, root=None) -> Path:
-    """Save JSON-like data (dicts, lists, numbers, strings) as `<root>/<chapter>/<name>.json`."""
+def save_json(chapter: str, name: str, data, params: dict, root=None, checkpoints=None, machine=None) -> Path:
+    """Save JSON-like data (dicts, lists, numbers, strings) as `<root>/<chapter>/<name>.json` (``checkpoints``,
+    ``machine``: as in save_table)."""
     try:
         payload = (json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{chapter}/{name}: data is not plain JSON ({exc})") from None
-    return _save(chapter, name, payload, "json", params, root, {})
+    return _save(chapter, name, payload, "json", params, root, _provenance(checkpoints, machine))
 
 
 def read_meta(chapter: str, name: str, root=None) -> dict:
@@ -255,8 +284,25 @@ def _check_params(meta: dict, params, what: str) -> None:
                                f"re-run the chapter to refresh {what}")
 
 
-def _find(chapter: str, name: str, params, root, kind: str) -> dict:
-    """The sidecar of the first stored result (default root, then fallbacks) made with `params`."""
+def _check_checkpoints(meta: dict, checkpoints, what: str) -> None:
+    """Refuse a table made from other model weights than the caller's (a retrained zoo never reuses it)."""
+    if checkpoints is None:
+        return
+    saved = meta.get("checkpoints")
+    if saved is None:
+        raise StaleResultError(f"{meta['path']}: records no checkpoint digests (made before they were recorded, or "
+                               f"not from trained models); re-run the chapter to refresh {what}")
+    wanted = dict(checkpoints)
+    changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    if changed:
+        shown = ", ".join(changed[:4]) + (f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+        raise StaleResultError(f"{meta['path']}: made from other model weights than the current ones ({shown}: "
+                               f"retrained, added or removed); re-run the chapter to refresh {what}")
+
+
+def _find(chapter: str, name: str, params, root, kind: str, checkpoints=None) -> dict:
+    """The sidecar of the first stored result (default root, then fallbacks) made with `params` (and, when given,
+    from the models whose weights digests are `checkpoints`)."""
     errors = []
     for where in _read_roots(root):
         try:
@@ -265,6 +311,7 @@ def _find(chapter: str, name: str, params, root, kind: str) -> dict:
                 other = "load_json" if kind == "csv" else "load_table"
                 raise ResultsError(f"{meta['path']}: stored as {meta.get('kind')}, not {kind}; use {other}")
             _check_params(meta, params, f"{chapter}/{name}")
+            _check_checkpoints(meta, checkpoints, f"{chapter}/{name}")
             return meta
         except (MissingResultError, StaleResultError) as exc:
             errors.append(exc)
@@ -272,12 +319,13 @@ def _find(chapter: str, name: str, params, root, kind: str) -> dict:
     raise (stale or errors)[0]
 
 
-def load_table(chapter: str, name: str, params: dict | None, root=None):
+def load_table(chapter: str, name: str, params: dict | None, root=None, checkpoints=None):
     """Load a stored table. `params` are the parameters the caller runs with: a table saved with different ones
-    raises StaleResultError. Pass `params=None` only to inspect whatever is stored."""
+    raises StaleResultError, and so does one made from other model weights than `checkpoints` (name -> sha256),
+    when given. Pass `params=None` only to inspect whatever is stored."""
     import pandas as pd
 
-    meta = _find(chapter, name, params, root, "csv")
+    meta = _find(chapter, name, params, root, "csv", checkpoints)
     dtypes = meta.get("dtypes", {})
     # Read everything as text first so that strings like "1.0" stay strings, then restore the saved dtypes.
     table = pd.read_csv(meta["path"], dtype=str, keep_default_na=False)
@@ -296,21 +344,22 @@ def load_table(chapter: str, name: str, params: dict | None, root=None):
     return table
 
 
-def load_json(chapter: str, name: str, params: dict | None, root=None):
-    """Load stored JSON data; refuses data saved with other parameters (see load_table)."""
-    meta = _find(chapter, name, params, root, "json")
+def load_json(chapter: str, name: str, params: dict | None, root=None, checkpoints=None):
+    """Load stored JSON data; refuses data saved with other parameters or model weights (see load_table)."""
+    meta = _find(chapter, name, params, root, "json", checkpoints)
     return json.loads(Path(meta["path"]).read_text())
 
 
-def load_or_compute(chapter: str, name: str, params: dict, compute, root=None):
-    """The stored table if it was made with `params`, else `compute()` (a DataFrame), saved and returned."""
+def load_or_compute(chapter: str, name: str, params: dict, compute, root=None, checkpoints=None, machine=None):
+    """The stored table if it was made with `params` from the models `checkpoints` (name -> weights sha256; pass
+    them for every table computed from trained models), else `compute()` (a DataFrame), saved and returned."""
     try:
-        return load_table(chapter, name, params, root)
+        return load_table(chapter, name, params, root, checkpoints)
     except (MissingResultError, StaleResultError):
         pass
     table = compute()
-    save_table(chapter, name, table, params, root)
-    return load_table(chapter, name, params, root)
+    save_table(chapter, name, table, params, root, checkpoints, machine)
+    return load_table(chapter, name, params, root, checkpoints)
 
 
 def list_results(root=None) -> list[dict]:

@@ -96,6 +96,41 @@ def weights_digest(model) -> str:
 
 # ---------------------------------------------------------------------------------------------- devices and RNG
 
+def processor_name(device: torch.device | str = "cpu") -> str:
+    """The CPU model (from /proc/cpuinfo) or the CUDA device's name: numbers differ between machines (an AMD EPYC
+    and an Intel Xeon give other timings and, through other kernels, other trained weights)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict:
+    """What a trained model or a computed table must record to be reproduced: processor, threads, versions."""
+    import platform
+
+    import numpy
+    import timm
+    flags = set()
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":")[1].split())
+    except (OSError, StopIteration):
+        pass
+    return {"processor": processor_name(device), "cpu_features": [f for f in ("avx2", "avx512f", "amx_tile")
+                                                                   if f in flags],
+            "device": str(device), "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "timm": timm.__version__, "numpy": numpy.__version__,
+            "python": platform.python_version()}
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -53,7 +53,7 @@ from .mae import load_encoder
 from .datasets import data_fingerprint
 from .models import create_model
 from .rules import FAMILIES, METHODS, PATCH, PRECISIONS, SIZES
-from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch,
+from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch, machine_info,
                       param_groups, read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
 # Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
 from .runtime import OPERATIONAL, lr_at, training_attention  # noqa: F401
@@ -384,7 +384,8 @@ class Supervised(Task):
                    "history": history, "train_seconds": history[-1]["seconds"], "steps": self.total,
                    "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "n_train": self.n, "n_val": len(self.val_set.x),
-                   "train_source": getattr(self.train_set, "source", None), "final_sha256": weights_digest(self.model)}
+                   "train_source": getattr(self.train_set, "source", None), "final_sha256": weights_digest(self.model),
+                   "machine": machine_info(self.device)}
         save_atomic(summary, self.run_dir / "train.json")
         return summary
 
@@ -451,7 +452,8 @@ def test_run(run_dir, progress: bool = True) -> dict:
     with cpu_threads(cfg.threads):
         result = evaluate(model, test_set, batch_size=cfg.eval_batch_size, split="test", precision=cfg.precision)
     result.update(hash=cfg.hash(), epoch=meta["epoch"], val_accuracy=meta["val"]["accuracy"],
-                  source=getattr(test_set, "source", None), classes=list(meta["classes"]))
+                  source=getattr(test_set, "source", None), classes=list(meta["classes"]),
+                  machine=machine_info(next(model.parameters()).device))
     save_atomic(result, run_dir / "test.json")
     return result
 

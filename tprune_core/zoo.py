@@ -27,14 +27,16 @@ other work, torch's default of 2 threads can run many times slower (spin-waiting
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
+import os
 import statistics
 import sys
 import time
 
 from .errors import ConfigError
 from .mae import MAEConfig, pretrain
-from .runtime import read_json, zoo_root
+from .runtime import machine_info, read_json, zoo_root
 from .train import TrainConfig, load_checkpoint, test_run, train_run
 
 # Everything below is plain data. "models" holds, per dataset, the TrainConfig fields shared by both families and
@@ -203,14 +205,16 @@ def _entry(role, cfg) -> dict:
             s = read_json(run_dir / "mae.json")
             e.update(train_seconds=s["train_seconds"], final_loss=s["final_loss"])
         return e
-    e.update(family=cfg.family, dataset=cfg.dataset, protocol=cfg.protocol, seed=cfg.seed, frames=cfg.frames,
-             method="control" if role == "control" else cfg.prune_method, keep_rate=cfg.keep_rate,
+    method = "control" if role == "control" else cfg.prune_method
+    e.update(name=model_name(role, cfg.family, cfg.dataset, method, cfg.keep_rate, cfg.seed),
+             family=cfg.family, dataset=cfg.dataset, protocol=cfg.protocol, seed=cfg.seed, frames=cfg.frames,
+             method=method, keep_rate=cfg.keep_rate,
              drop_loc=list(cfg.drop_loc), init=cfg.init,
              checkpoint=str(run_dir / "best.pt"), trained=(run_dir / "train.json").is_file(), config=cfg.to_dict())
     if e["trained"]:
         s = read_json(run_dir / "train.json")
         e.update(val_accuracy=s["val_accuracy"], best_epoch=s["best_epoch"], train_seconds=s["train_seconds"],
-                 source=s.get("train_source"))
+                 source=s.get("train_source"), machine=s.get("machine"))
     if (run_dir / "test.json").is_file():
         t = read_json(run_dir / "test.json")
         e.update(test_accuracy=t["accuracy"], test_gmacs=t["gmacs_per_clip"], n_test=t["n_clips"])
@@ -218,6 +222,40 @@ def _entry(role, cfg) -> dict:
             e["test_per_class"] = {c: (k / n if n else None) for c, k, n in
                                    zip(t["classes"], t["per_class_correct"], t["per_class_clips"])}
     return e
+
+
+def model_name(role, family, dataset, method, keep_rate, seed) -> str:
+    """A zoo model's readable name, e.g. ``audiomae/speechcommands/topk-0.5/s1`` (role ``reverse``: the other
+    direction's base model)."""
+    what = {"base": "base", "reverse": "reverse", "control": "control"}.get(role, f"{method}-{keep_rate:g}")
+    return f"{family}/{dataset}/{what}/s{seed}"
+
+
+_DIGESTS = {}   # (path, size, mtime_ns) -> sha256: chapters ask for the same files many times
+
+
+def checkpoint_digest(path) -> str:
+    """sha256 (hex) of a checkpoint file's bytes."""
+    st = os.stat(path)
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def provenance(entries) -> dict:
+    """What a table computed from these zoo models records in its sidecar (``results.save_table(..., **prov)``):
+    ``checkpoints`` (model name -> sha256 of its selected weights) and ``machine`` (this process's processor,
+    threads and library versions). Loads compare the digests: a retrained model makes the table stale."""
+    models = [e for e in entries if e["role"] != "mae"]
+    if not models:
+        raise ConfigError("provenance: no trained classifier among the entries")
+    return {"checkpoints": {e["name"]: checkpoint_digest(e["checkpoint"]) for e in models},
+            "machine": machine_info()}
 
 
 def zoo_entries(profile: str = "full", require: bool = True, families=None, datasets=None, roles=None) -> list:
@@ -260,8 +298,16 @@ def summarize(entries: list) -> list:
                      "test_acc_mean": statistics.fmean(acc), "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                      "val_acc_mean": statistics.fmean(e["val_accuracy"] for e in es),
                      "test_gmacs": es[0]["test_gmacs"],
-                     "train_seconds_mean": statistics.fmean(e["train_seconds"] for e in es)})
+                     "train_seconds_mean": statistics.fmean(e["train_seconds"] for e in es),
+                     "trained_on": _trained_on(es)})
     return rows
+
+
+def _trained_on(entries) -> str:
+    """The processors (and thread counts) the models of a row were trained on: weights differ between them."""
+    seen = sorted({f"{m['processor']} ({m['threads']} threads)" if m else "not recorded"
+                   for m in (e.get("machine") for e in entries)})
+    return "; ".join(seen)
 
 
 def per_class_summary(entries: list) -> list:
