@@ -131,14 +131,24 @@ def kendall_tau_b(x, y) -> float:
     return float(stats.kendalltau(x, y, variant="b").statistic)
 
 
-def tie_agreement_correlation(x_levels, y_levels) -> float:
-    """The reference's variant, kept only to show why it inflates: pairs tied in either variable count as
-    agreeing. On coarse rank levels (e.g. 5 k-means levels) most pairs are ties, so the value drifts to 1."""
-    x, y = np.asarray(x_levels), np.asarray(y_levels)
-    i, j = np.triu_indices(x.size, 1)
+def reference_tau(scores, levels) -> float:
+    """The reference's Kendall statistic: each token's raw attention score against its patch's global level.
+
+    tau_ref = (concordant + pairs tied in either variable - discordant) / all pairs. ``scores`` are compared as they
+    are (no binning); ``levels`` are integer buckets shared by every clip (``rank_levels`` on the k-means edges of
+    the training patches). Counting ties as agreement inflates the value: coarse levels tie many pairs, and a clip
+    whose patches all sit in one level scores exactly 1 whatever its attention does (tau-b is undefined there).
+    NaN for fewer than 2 tokens.
+    """
+    x, y = np.asarray(scores, dtype=float), np.asarray(levels, dtype=float)
+    if x.size != y.size:
+        raise ValueError(f"reference_tau: {x.size} scores but {y.size} levels")
+    i, j = np.triu_indices(x.size, 1)      # every unordered pair once: O(n^2) memory, fine for a clip's tokens
+    if not i.size:
+        return float("nan")
     dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    agree = (dx * dy > 0) | (dx == 0) | (dy == 0)
-    return float(2 * agree.mean() - 1) if i.size else float("nan")
+    agree = (dx * dy > 0) | (dx == 0) | (dy == 0)   # a tie in either variable counts as agreement
+    return float(2 * agree.mean() - 1)             # (agree - disagree) / pairs
 
 
 def rank_levels(values, edges) -> np.ndarray:
@@ -177,5 +187,5 @@ def bucket_ranges(edges, drop) -> list[tuple[float, float]]:
 
 
 __all__ = ["PAPER_INPUTS", "SIZES", "mac_table", "mac_parts", "keep_rate_for_reduction",
-           "check_against_flop_counter", "mean_ci", "summarize", "kendall_tau_b", "tie_agreement_correlation",
+           "check_against_flop_counter", "mean_ci", "summarize", "kendall_tau_b", "reference_tau",
            "rank_levels", "kmeans_buckets", "bucket_ranges"]
