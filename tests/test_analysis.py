@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy import stats
@@ -16,6 +17,36 @@ def test_mean_ci_matches_student_t():
     half = stats.t.ppf(0.975, 3) * np.std(v, ddof=1) / 2
     assert m == pytest.approx(np.mean(v)) and hi - m == pytest.approx(half) and m - lo == pytest.approx(half)
     assert analysis.mean_ci([0.5])[1:] == (-math.inf, math.inf)   # one seed: no honest interval
+
+
+def test_per_seed_then_ci_takes_the_model_as_the_unit():
+    # 3 models x 400 clips: the models disagree (+0.5, -0.2, +0.3) and the clips scatter little around their model.
+    rng = np.random.default_rng(0)
+    seed_means = {0: 0.5, 1: -0.2, 2: 0.3}
+    df = pd.DataFrame([{"block": 3, "seed": s, "clip": c, "tau": m + rng.normal(0, 0.1)}
+                       for s, m in seed_means.items() for c in range(400)])
+    df.loc[5, "tau"] = np.nan                                       # e.g. tau-b of a constant clip: skipped
+    per_clip = analysis.summarize(df, ["block"], "tau").iloc[0]
+    assert per_clip.tau_lo > 0                                      # 1,199 "samples": a falsely tight interval
+    out = analysis.per_seed_then_ci(df, ["block"], "tau")
+    assert list(out.columns) == ["block", "tau", "tau_lo", "tau_hi", "n_seeds", "n_rows"]
+    r = out.iloc[0]
+    assert r.n_seeds == 3 and r.n_rows == 1199
+    per_model = df.groupby("seed").tau.mean()
+    m, lo, hi = analysis.mean_ci(per_model)
+    assert (r.tau, r.tau_lo, r.tau_hi) == pytest.approx((m, lo, hi))
+    assert r.tau_lo < 0 < r.tau_hi and r.tau_hi - r.tau_lo > 10 * (per_clip.tau_hi - per_clip.tau_lo)
+
+
+def test_per_seed_then_ci_keeps_groups_and_counts_only_models_with_a_value():
+    df = pd.DataFrame({"dataset": ["a", "a", "a", "b", "b", "b"], "seed": [0, 0, 1, 0, 1, 2],
+                       "v": [1.0, 3.0, 4.0, np.nan, 2.0, 4.0]})
+    out = analysis.per_seed_then_ci(df, "dataset", "v").set_index("dataset")
+    assert out.loc["a", "v"] == pytest.approx(3.0) and out.loc["a", "n_seeds"] == 2   # seeds 0 (mean 2) and 1 (4)
+    assert out.loc["b", "v"] == pytest.approx(3.0) and out.loc["b", "n_seeds"] == 2   # seed 0 has no value
+    assert out.loc["b", "n_rows"] == 2
+    one = analysis.per_seed_then_ci(df[df.seed == 0], "dataset", "v").set_index("dataset")
+    assert one.loc["a", "v_lo"] == -math.inf and math.isnan(one.loc["b", "v"]) and one.loc["b", "n_seeds"] == 0
 
 
 def test_kendall_tau_b_handles_ties_and_constants():

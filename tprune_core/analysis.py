@@ -114,12 +114,36 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
 
 
 def summarize(df: pd.DataFrame, by: list, value: str = "accuracy", level: float = 0.95) -> pd.DataFrame:
-    """Mean, CI and count of ``value`` over the rows of each group (e.g. over seeds)."""
+    """Mean, CI and count of ``value`` over the rows of each group, each row one sample: right when a row is one
+    model (e.g. an evaluation grid, one row per seed); for per-clip rows use ``per_seed_then_ci``."""
     rows = []
     for key, g in df.groupby(by, sort=False, dropna=False):
         m, lo, hi = mean_ci(g[value], level)
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), value: m, f"{value}_lo": lo, f"{value}_hi": hi, "n": len(g)})
+    return pd.DataFrame(rows)
+
+
+def per_seed_then_ci(df: pd.DataFrame, by: list, value: str, seed_col: str = "seed",
+                     level: float = 0.95) -> pd.DataFrame:
+    """Mean and CI of ``value`` per ``by`` group with the trained model as the unit of the interval.
+
+    Rows from one model (e.g. ~1,200 clips) are not independent samples of the claim: averaged first per
+    (``by`` + ``seed_col``) they give one value per model, then ``mean_ci`` runs over those seeds (each model weighs the
+    same). Three seeds give
+    an honest, wide interval (t with 2 degrees of freedom) where a per-clip interval would look falsely tight.
+    NaN rows (e.g. tau-b of a constant clip) are skipped. Columns: ``by``..., ``value``, ``value_lo``,
+    ``value_hi``, ``n_seeds`` (models with a value), ``n_rows`` (non-NaN rows behind them).
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    # mean and count skip NaN; a model with no value at all gives a NaN mean, which mean_ci drops
+    per_seed = df.groupby(by + [seed_col], sort=False, dropna=False)[value].agg(["mean", "count"]).reset_index()
+    rows = []
+    for key, g in per_seed.groupby(by, sort=False, dropna=False):
+        m, lo, hi = mean_ci(g["mean"], level)
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), value: m, f"{value}_lo": lo, f"{value}_hi": hi,
+                     "n_seeds": int(g["mean"].notna().sum()), "n_rows": int(g["count"].sum())})
     return pd.DataFrame(rows)
 
 
@@ -187,5 +211,5 @@ def bucket_ranges(edges, drop) -> list[tuple[float, float]]:
 
 
 __all__ = ["PAPER_INPUTS", "SIZES", "mac_table", "mac_parts", "keep_rate_for_reduction",
-           "check_against_flop_counter", "mean_ci", "summarize", "kendall_tau_b", "reference_tau",
-           "rank_levels", "kmeans_buckets", "bucket_ranges"]
+           "check_against_flop_counter", "mean_ci", "summarize", "per_seed_then_ci", "kendall_tau_b",
+           "reference_tau", "rank_levels", "kmeans_buckets", "bucket_ranges"]
