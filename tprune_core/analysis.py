@@ -114,12 +114,36 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
 
 
 def summarize(df: pd.DataFrame, by: list, value: str = "accuracy", level: float = 0.95) -> pd.DataFrame:
-    """Mean, CI and count of ``value`` over the rows of each group (e.g. over seeds)."""
+    """Mean, CI and count of ``value`` over the rows of each group, each row one sample: right when a row is one
+    model (e.g. an evaluation grid, one row per seed); for per-clip rows use ``per_seed_then_ci``."""
     rows = []
     for key, g in df.groupby(by, sort=False, dropna=False):
         m, lo, hi = mean_ci(g[value], level)
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), value: m, f"{value}_lo": lo, f"{value}_hi": hi, "n": len(g)})
+    return pd.DataFrame(rows)
+
+
+def per_seed_then_ci(df: pd.DataFrame, by: list, value: str, seed_col: str = "seed",
+                     level: float = 0.95) -> pd.DataFrame:
+    """Mean and CI of ``value`` per ``by`` group with the trained model as the unit of the interval.
+
+    Rows from one model (e.g. ~1,200 clips) are not independent samples of the claim: averaged first per
+    (``by`` + ``seed_col``) they give one value per model, then ``mean_ci`` runs over those seeds (each model weighs the
+    same). Three seeds give
+    an honest, wide interval (t with 2 degrees of freedom) where a per-clip interval would look falsely tight.
+    NaN rows (e.g. tau-b of a constant clip) are skipped. Columns: ``by``..., ``value``, ``value_lo``,
+    ``value_hi``, ``n_seeds`` (models with a value), ``n_rows`` (non-NaN rows behind them).
+    """
+    by = [by] if isinstance(by, str) else list(by)
+    # mean and count skip NaN; a model with no value at all gives a NaN mean, which mean_ci drops
+    per_seed = df.groupby(by + [seed_col], sort=False, dropna=False)[value].agg(["mean", "count"]).reset_index()
+    rows = []
+    for key, g in per_seed.groupby(by, sort=False, dropna=False):
+        m, lo, hi = mean_ci(g["mean"], level)
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), value: m, f"{value}_lo": lo, f"{value}_hi": hi,
+                     "n_seeds": int(g["mean"].notna().sum()), "n_rows": int(g["count"].sum())})
     return pd.DataFrame(rows)
 
 
@@ -131,14 +155,24 @@ def kendall_tau_b(x, y) -> float:
     return float(stats.kendalltau(x, y, variant="b").statistic)
 
 
-def tie_agreement_correlation(x_levels, y_levels) -> float:
-    """The reference's variant, kept only to show why it inflates: pairs tied in either variable count as
-    agreeing. On coarse rank levels (e.g. 5 k-means levels) most pairs are ties, so the value drifts to 1."""
-    x, y = np.asarray(x_levels), np.asarray(y_levels)
-    i, j = np.triu_indices(x.size, 1)
+def reference_tau(scores, levels) -> float:
+    """The reference's Kendall statistic: each token's raw attention score against its patch's global level.
+
+    tau_ref = (concordant + pairs tied in either variable - discordant) / all pairs. ``scores`` are compared as they
+    are (no binning); ``levels`` are integer buckets shared by every clip (``rank_levels`` on the k-means edges of
+    the training patches). Counting ties as agreement inflates the value: coarse levels tie many pairs, and a clip
+    whose patches all sit in one level scores exactly 1 whatever its attention does (tau-b is undefined there).
+    NaN for fewer than 2 tokens.
+    """
+    x, y = np.asarray(scores, dtype=float), np.asarray(levels, dtype=float)
+    if x.size != y.size:
+        raise ValueError(f"reference_tau: {x.size} scores but {y.size} levels")
+    i, j = np.triu_indices(x.size, 1)      # every unordered pair once: O(n^2) memory, fine for a clip's tokens
+    if not i.size:
+        return float("nan")
     dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    agree = (dx * dy > 0) | (dx == 0) | (dy == 0)
-    return float(2 * agree.mean() - 1) if i.size else float("nan")
+    agree = (dx * dy > 0) | (dx == 0) | (dy == 0)   # a tie in either variable counts as agreement
+    return float(2 * agree.mean() - 1)             # (agree - disagree) / pairs
 
 
 def rank_levels(values, edges) -> np.ndarray:
@@ -177,5 +211,5 @@ def bucket_ranges(edges, drop) -> list[tuple[float, float]]:
 
 
 __all__ = ["PAPER_INPUTS", "SIZES", "mac_table", "mac_parts", "keep_rate_for_reduction",
-           "check_against_flop_counter", "mean_ci", "summarize", "kendall_tau_b", "tie_agreement_correlation",
-           "rank_levels", "kmeans_buckets", "bucket_ranges"]
+           "check_against_flop_counter", "mean_ci", "summarize", "per_seed_then_ci", "kendall_tau_b",
+           "reference_tau", "rank_levels", "kmeans_buckets", "bucket_ranges"]

@@ -5,7 +5,7 @@
   ``metric`` ("mAP") and ``mAP`` (``analysis.headline_metric`` picks the column a chapter plots).
 - ``token_records``: what a pruned forward kept, with the attention score and the patch statistics of every token,
   per clip and block (for the "which patches matter" chapters).
-- ``train_patch_means``: patch intensities of a training split, for the k-means intensity buckets.
+- ``train_patch_values``: patch means (or stds) of a training split, for the k-means buckets.
 
 Keys hash the checkpoint's bytes, the split's feature-cache identity and every setting, plus ``EVAL_VERSION``.
 """
@@ -141,11 +141,19 @@ def token_records(entry, method="topk", keep_rate=0.5, drop_loc=(3, 6, 9), split
     return out
 
 
-def train_patch_means(entry) -> np.ndarray:
-    """Means of every 16x16 patch of the entry's TRAINING split (the k-means buckets are fitted on these)."""
+PATCH_STATS = ("mean", "std")   # the per-patch statistics the buckets and rankings use
+
+
+def train_patch_values(entry, stat: str = "mean") -> np.ndarray:
+    """``stat`` ("mean" or "std") of every 16x16 patch of the entry's TRAINING split: the k-means buckets of that
+    statistic are fitted on these. Not cached on disk (recomputed from the cached features on every call)."""
     from .zoo import load_zoo_model
 
+    if stat not in PATCH_STATS:
+        raise ValueError(f"train_patch_values: stat must be one of {PATCH_STATS}, not {stat!r}")
     model, meta = load_zoo_model(entry)
     feats = _features_of(meta, "train")
     x = feats.x[:, : model.frames].float()
-    return torch.cat([patch_pixels(model, x[i:i + 256]).mean(-1).flatten() for i in range(0, len(x), 256)]).numpy()
+    reduce = torch.mean if stat == "mean" else torch.std   # torch.std: unbiased, as token_records' patch std
+    return torch.cat([reduce(patch_pixels(model, x[i:i + 256]), -1).flatten()
+                      for i in range(0, len(x), 256)]).numpy()

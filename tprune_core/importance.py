@@ -2,7 +2,8 @@
 general audio" chapters, built on the cached grids and records of ``experiments``.
 
 Patch intensity = mean of a 16x16 patch of the normalized fbank; variation = its standard deviation. Buckets C1
-(quietest) .. C5 come from 1-D k-means on the *training* split's patch means.
+(quietest) .. C5 come from 1-D k-means on the *training* split's patch means; the std levels of the reference's
+tau on patch std come the same way from the training patch stds.
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ DROPS = {"drop C4-C5": (4, 5), "drop C1-C2": (1, 2), "drop C1": (1,), "drop C2":
          "drop C4": (4,), "drop C5": (5,)}
 
 
-def buckets(entry, k: int = 5, seed: int = 0) -> dict:
-    """k-means buckets of one dataset, fitted on the training patch means of ``entry``'s dataset."""
-    means = experiments.train_patch_means(entry)
-    centres, edges = analysis.kmeans_buckets(means, k=k, seed=seed)
-    levels = analysis.rank_levels(means, edges)
+def buckets(entry, k: int = 5, seed: int = 0, stat: str = "mean") -> dict:
+    """k-means buckets of one dataset, fitted on the training patch ``stat`` ("mean": the intensity buckets C1..Ck;
+    "std": the variation levels the reference's tau on patch std uses) of ``entry``'s dataset. The values come back
+    under "means" or "stds"."""
+    values = experiments.train_patch_values(entry, stat)
+    centres, edges = analysis.kmeans_buckets(values, k=k, seed=seed)
+    levels = analysis.rank_levels(values, edges)
     share = np.bincount(levels, minlength=k) / len(levels)
-    return {"dataset": entry["dataset"], "centres": centres, "edges": edges, "share": share, "means": means}
+    return {"dataset": entry["dataset"], "stat": stat, "centres": centres, "edges": edges, "share": share,
+            f"{stat}s": values}
 
 
 def bucket_table(b: dict) -> pd.DataFrame:
@@ -58,25 +62,16 @@ def bucket_accuracy(entries, bucket_by_dataset: dict, after_blocks=(0, 3, 6, 9),
 
 # ------------------------------------------------------------------------------------------ attention records
 
-def kmeans_levels_1d(values, k: int = 5, iters: int = 30) -> np.ndarray:
-    """Level 0..k-1 of each value by 1-D k-means (quantile start, Lloyd steps): the reference's rank levels."""
-    v = np.asarray(values, dtype=float)
-    if v.size <= k or np.ptp(v) == 0:
-        return np.zeros(v.size, dtype=int)
-    centres = np.quantile(v, (np.arange(k) + 0.5) / k)
-    for _ in range(iters):
-        lab = np.abs(v[:, None] - centres[None]).argmin(1)
-        new = np.array([v[lab == j].mean() if np.any(lab == j) else centres[j] for j in range(k)])
-        if np.allclose(new, centres):
-            break
-        centres = new
-    order = np.argsort(np.argsort(centres))
-    return order[np.abs(v[:, None] - centres[None]).argmin(1)]
+def tau_profile(rec: dict, mean_edges, std_edges, blocks=None) -> pd.DataFrame:
+    """Per block and clip, the rank agreement between each token's attention score and its input patch.
 
-
-def tau_profile(rec: dict, edges, blocks=None, k: int = 5) -> pd.DataFrame:
-    """Per block: Kendall's tau-b between each token's attention score and its patch mean / std, per clip; and the
-    reference's variant (both on 5 k-means levels, ties counted as agreement) on the patch mean."""
+    Columns: ``block``, ``clip``;
+    ``tau_b_mean`` / ``tau_b_std``: Kendall's tau-b of the score with the patch mean / std (NaN for a constant);
+    ``tau_ref_mean`` / ``tau_ref_std``: the reference's statistic (``analysis.reference_tau``): the raw scores
+    against the patch's global level, i.e. its bucket among the k-means clusters of the training patch means
+    (``mean_edges``) or stds (``std_edges``), with pairs tied in either counted as agreeing.
+    ``importance.buckets(entry, stat=...)["edges"]`` gives both sets of edges.
+    """
     rows = []
     blocks = sorted(rec["scores"]) if blocks is None else blocks
     for b in blocks:
@@ -86,9 +81,9 @@ def tau_profile(rec: dict, edges, blocks=None, k: int = 5) -> pd.DataFrame:
             pos = positions[valid]
             mean, std = rec["mean"][c][pos].numpy(), rec["std"][c][pos].numpy()
             rows.append({"block": b, "clip": c,
-                         "tau_mean": analysis.kendall_tau_b(s, mean), "tau_std": analysis.kendall_tau_b(s, std),
-                         "reference_mean": analysis.tie_agreement_correlation(
-                             kmeans_levels_1d(s, k), analysis.rank_levels(mean, edges))})
+                         "tau_b_mean": analysis.kendall_tau_b(s, mean), "tau_b_std": analysis.kendall_tau_b(s, std),
+                         "tau_ref_mean": analysis.reference_tau(s, analysis.rank_levels(mean, mean_edges)),
+                         "tau_ref_std": analysis.reference_tau(s, analysis.rank_levels(std, std_edges))})
     return pd.DataFrame(rows)
 
 
