@@ -19,6 +19,21 @@ PAPER_INPUTS = {  # patch tokens of the paper's inputs -> (frames at 128 mel bin
     512: (1024, "AudioSet / VoxCeleb (10 s)"),
 }
 
+# The paper's MAC figures for AudioMAE ViT-B (GMACs per clip): input -> (patch tokens, keep rate -> GMACs).
+PAPER_GMACS = {"SPC-2 (1 s)": (64, {1.0: 5.61, 0.5: 2.81}), "ESC-50 (5 s)": (256, {1.0: 23.10, 0.5: 11.36})}
+
+
+def paper_gmacs_comparison(family="audiomae", drop_loc=(3, 6, 9)) -> pd.DataFrame:
+    """Our count (ViT-B) beside each of the paper's published GMACs, with the relative difference."""
+    rows = []
+    for name, (tokens, figures) in PAPER_GMACS.items():
+        ours = mac_table([family], "base", [tokens], sorted(figures, reverse=True), drop_loc).set_index("keep_rate")
+        for kr, theirs in figures.items():
+            mine = float(ours.loc[kr, "gmacs"])
+            rows.append({"input": name, "patch_tokens": tokens, "keep_rate": kr, "paper_gmacs": theirs,
+                         "ours_gmacs": mine, "rel_diff": mine / theirs - 1})
+    return pd.DataFrame(rows)
+
 
 def headline_metric(grid: pd.DataFrame) -> str:
     """The column an evaluation grid (``experiments.evaluate_grid``) is judged by: "mAP" when every row comes from a
@@ -210,6 +225,6 @@ def bucket_ranges(edges, drop) -> list[tuple[float, float]]:
     return ranges
 
 
-__all__ = ["PAPER_INPUTS", "SIZES", "mac_table", "mac_parts", "keep_rate_for_reduction",
+__all__ = ["PAPER_INPUTS", "PAPER_GMACS", "paper_gmacs_comparison", "SIZES", "mac_table", "mac_parts", "keep_rate_for_reduction",
            "check_against_flop_counter", "mean_ci", "summarize", "per_seed_then_ci", "kendall_tau_b",
            "reference_tau", "rank_levels", "kmeans_buckets", "bucket_ranges"]
