@@ -189,6 +189,7 @@ def test_better_claim_is_not_testable_on_a_weak_model_even_when_every_diff_is_po
     row = v.better_claim(WEAK, [UP, UP, UP], **ROW, names=("TopK", "random"))
     assert row["verdict"] == "not testable here"
     assert row["evidence"].startswith("unpruned accuracy 40.0%") and "TopK better than random" in row["evidence"]
+    assert row["evidence"].count("40.0%") == 1                    # the unpruned accuracy quoted once
     with pytest.raises(ConfigError, match="no settings"):
         v.better_claim(STEADY, [], **ROW)
 
@@ -200,6 +201,7 @@ def test_sign_claim_counts_cells_on_the_expected_side():
     assert v.sign_claim(None, cells, -1, claim="tau < 0", source="ours")["verdict"] == "not reproduced"
     assert v.sign_claim(None, [DOWN, DOWN, UP], -1, claim="tau < 0", source="ours")["verdict"] == "mixed"
     assert v.sign_claim(WEAK, cells, claim="tau > 0", source="ours")["verdict"] == "not testable here"
+    assert v.sign_claim(STEADY, cells, claim="tau > 0", source="ours")["evidence"].endswith("3 seeds)")
     with pytest.raises(ConfigError, match="expected_sign"):
         v.sign_claim(None, cells, 0, claim="tau", source="ours")
 
@@ -229,6 +231,6 @@ def test_cut_claim_evidence_quotes_cuts_tolerances_and_the_unpruned_model():
     assert "target 30%" in ev and "absolute tolerance 1.00 pt: 40% at keep rate 0.6" in ev
     assert "35% at keep rate 0.65 (drop 0.40 pt, CI 0.10 pt to 0.70 pt) with the whole CI under it" in ev
     assert "relative tolerance 0.40 pt: 10% at keep rate 0.9" in ev and "none with the whole CI under it" in ev
-    assert "unpruned 40.0% (95% CI 30.1% to 49.9%, 3 seeds)" in ev
+    assert ev.endswith("; unpruned 40.0% (95% CI 30.1% to 49.9%, 3 seeds)")
     weak = v.cut_claim(WEAK, _cuts(0.40, 0.35, 0.01), _cuts(0.40, 0.35, 0.004), claim="c", source="paper")
     assert weak["verdict"] == "not testable here" and "not clearly above chance" in weak["evidence"]

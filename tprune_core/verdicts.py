@@ -250,10 +250,13 @@ def _majority_verdict(agree: int, against: int, n: int) -> str:
 
 
 def _gated(testability: Testability | None, verdict: str, evidence: str) -> tuple[str, str]:
-    """The verdict, or "not testable here" with the reason first when the model failed `testable`."""
-    if testability is not None and not testability.ok:
+    """The verdict with the unpruned model's accuracy appended to the evidence, or "not testable here" with the
+    reason first when the model failed `testable` (None: no model to test, evidence unchanged)."""
+    if testability is None:
+        return verdict, evidence
+    if not testability.ok:
         return "not testable here", f"{testability.reason}; {evidence}"
-    return verdict, evidence
+    return verdict, f"{evidence}; {_unpruned_text(testability)}"
 
 
 def cut_claim(testability: Testability, cut_abs: Cuts, cut_rel: Cuts, *, claim: str, source: str,
@@ -266,7 +269,7 @@ def cut_claim(testability: Testability, cut_abs: Cuts, cut_rel: Cuts, *, claim: 
               ("rel_ci", cut_rel.by_ci), ("rel_mean", cut_rel.by_mean))}
     verdict = ("reproduced" if reach["abs_ci"] else "mixed" if any(reach.values()) else "not reproduced")
     evidence = (f"largest contiguous cut, target {_pct(target, 0)}: {_cuts_text(cut_abs, 'absolute')}; "
-                f"{_cuts_text(cut_rel, 'relative')}; {_unpruned_text(testability)}")
+                f"{_cuts_text(cut_rel, 'relative')}")
     verdict, evidence = _gated(testability, verdict, evidence)
     return claim_row(claim, source, verdict, evidence, where, testability)
 
@@ -281,7 +284,7 @@ def better_claim(testability: Testability, diffs, *, claim: str, source: str, wh
         raise ConfigError(f"claim {claim!r}: no settings to compare")
     k, m = sum(map(beats, diffs)), sum(map(loses, diffs))
     evidence = (f"{names[0]} better than {names[1]} (CI excludes 0) in {k} of {len(diffs)} settings, "
-                f"worse in {m}; {_unpruned_text(testability)}")
+                f"worse in {m}")
     verdict, evidence = _gated(testability, _majority_verdict(k, m, len(diffs)), evidence)
     return claim_row(claim, source, verdict, evidence, where, testability)
 
@@ -300,8 +303,6 @@ def sign_claim(testability: Testability | None, per_cell_cis, expected_sign: int
     above, below = sum(map(beats, cells)), sum(map(loses, cells))
     agree, against = (above, below) if expected_sign == 1 else (below, above)
     evidence = f"CI above 0 in {above} of {len(cells)} cells, below 0 in {below}"
-    if testability is not None:
-        evidence += f"; {_unpruned_text(testability)}"
     verdict, evidence = _gated(testability, _majority_verdict(agree, against, len(cells)), evidence)
     return claim_row(claim, source, verdict, evidence, where, testability)
 
