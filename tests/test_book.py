@@ -159,34 +159,75 @@ def test_findings_table_is_built_from_results_files(tmp_path):
     assert book.collect_findings(tmp_path) == []
     assert book.findings_markdown(tmp_path).startswith("No findings yet")
     book.save_findings("pruning-tradeoffs", [
-        {"claim": "TopK cuts MACs 30-40% for <1 pt", "verdict": "mixed", "evidence": "AST: -38% MACs, -0.6 pt",
+        {"claim": "TopK cuts MACs 30-40% for <1 pt", "source": "paper", "verdict": "mixed",
+         "evidence": "AST: -38% MACs, -0.6 pt",
          "where": "Table 2"}], {"seeds": [0, 1, 2]}, root=tmp_path)
     book.save_findings("speech-vs-general", [
-        {"claim": "quiet patches matter more for general audio", "verdict": "reproduced",
+        {"claim": "quiet patches matter more for general audio", "source": "ours", "verdict": "reproduced",
          "evidence": "drop C1-C2: -4.1 pt vs -0.8 pt"}], {"seeds": [0]}, root=tmp_path)
     rows = book.collect_findings(tmp_path)
     assert [(r["chapter"], r["verdict"]) for r in rows] == [("pruning-tradeoffs", "mixed"),
                                                             ("speech-vs-general", "reproduced")]
-    assert rows[1]["where"] == "" and rows[0]["profile"] == "full"
+    assert rows[1]["where"] == "" and rows[0]["profile"] == "full" and rows[1]["source"] == "ours"
     md = book.findings_markdown(tmp_path, titles={"pruning-tradeoffs": "Pruning trade-offs"})
-    assert "| Pruning trade-offs | TopK cuts MACs 30-40% for <1 pt | **mixed** |" in md
+    assert "| Chapter | Claim | Source | Verdict |" in md
+    assert "| Pruning trade-offs | TopK cuts MACs 30-40% for <1 pt | paper | **mixed** |" in md
     assert "drop C1-C2: -4.1 pt vs -0.8 pt" in md
     digest = book.findings_digest(tmp_path)
-    book.save_findings("speech-vs-general", [{"claim": "x", "verdict": "inconclusive", "evidence": "n=3"}],
+    book.save_findings("speech-vs-general", [{"claim": "x", "source": "ours", "verdict": "not testable here",
+                                              "evidence": "n=3"}],
                        {"seeds": [0]}, root=tmp_path)
     assert book.findings_digest(tmp_path) != digest
     # a findings file edited by hand is refused, not shown
     csv = tmp_path / "speech-vs-general" / "findings.csv"
-    csv.write_text(csv.read_text().replace("inconclusive", "reproduced"))
+    csv.write_text(csv.read_text().replace("not testable here", "reproduced"))
     with pytest.raises(results.ResultsError):
         book.collect_findings(tmp_path)
 
 
+def test_findings_take_the_rows_the_verdict_rules_build(tmp_path):
+    from tprune_core import verdicts
+
+    assert book.VERDICTS is verdicts.VERDICTS and "not testable here" in book.VERDICTS
+    assert book.FINDING_COLUMNS == ("claim", "source", "verdict", "evidence", "where")
+    weak = verdicts.testable({0: 0.34, 1: 0.40, 2: 0.46}, 0.1)
+    row = verdicts.better_claim(weak, [(0.02, 0.01, 0.03)], claim="A beats B", source="paper", where="Fig. 1")
+    book.save_findings("ch", [row], {}, root=tmp_path)
+    [back] = book.collect_findings(tmp_path)
+    assert {k: back[k] for k in book.FINDING_COLUMNS} == row and back["verdict"] == "not testable here"
+
+
+def test_findings_stored_before_the_source_column_still_read(tmp_path):
+    import pandas as pd
+
+    old = pd.DataFrame([{"claim": "c", "verdict": "mixed", "evidence": "e", "where": ""}])
+    results.save_table("ch", book.FINDINGS, old, {}, root=tmp_path)
+    [row] = book.collect_findings(tmp_path)
+    assert row["source"] == "" and row["verdict"] == "mixed"
+
+
+def test_sphinx_findings_table_has_a_source_column():
+    from docutils import nodes
+    from tprune_core.book import sphinx_ext
+
+    app = types.SimpleNamespace(env=types.SimpleNamespace(all_docs={}))
+    row = {"chapter": "ch", "claim": "c", "source": "ours", "verdict": "mixed", "evidence": "e", "where": "",
+           "profile": "full", "saved_at": "2024-01-01T00:00", "code_version": "abc"}
+    table = sphinx_ext.findings_nodes(app, "book/intro", [row])
+    head, body = list(table.findall(nodes.thead))[0], list(table.findall(nodes.tbody))[0]
+    assert [e.astext() for e in head.findall(nodes.entry)] == list(sphinx_ext.HEADERS)
+    assert [e.astext() for e in body.findall(nodes.entry)][1:4] == ["c", "ours", "mixed"]
+    assert sphinx_ext.HEADERS[2] == "Source" and len(sphinx_ext.COLUMN_WIDTHS) == len(sphinx_ext.HEADERS)
+
+
 @pytest.mark.parametrize("rows, match", [
-    ([{"claim": "c", "verdict": "true", "evidence": "e"}], "verdict"),
-    ([{"claim": "c", "verdict": "mixed"}], "missing"),
-    ([{"claim": "c", "verdict": "mixed", "evidence": "e", "extra": 1}], "unexpected"),
-    ([{"claim": " ", "verdict": "mixed", "evidence": "e"}], "empty"),
+    ([{"claim": "c", "source": "paper", "verdict": "true", "evidence": "e"}], "verdict"),
+    ([{"claim": "c", "source": "paper", "verdict": "inconclusive", "evidence": "e"}], "verdict"),  # now: not testable
+    ([{"claim": "c", "source": "paper", "verdict": "mixed"}], "missing"),
+    ([{"claim": "c", "verdict": "mixed", "evidence": "e"}], r"missing \['source'\]"),
+    ([{"claim": "c", "source": "authors", "verdict": "mixed", "evidence": "e"}], "source"),
+    ([{"claim": "c", "source": "paper", "verdict": "mixed", "evidence": "e", "extra": 1}], "unexpected"),
+    ([{"claim": " ", "source": "paper", "verdict": "mixed", "evidence": "e"}], "empty"),
     ([], "no rows"),
 ])
 def test_bad_findings_are_refused(tmp_path, rows, match):
@@ -344,7 +385,8 @@ def test_sphinx_handlers_track_the_pages_that_show_findings(tmp_path, monkeypatc
     env = types.SimpleNamespace(tprune_findings_docs={"book/intro"})
     assert sphinx_ext.updated(None, env) == ["book/intro"]
     assert sphinx_ext.updated(None, env) == []  # findings unchanged: nothing to rewrite
-    book.save_findings("ch", [{"claim": "c", "verdict": "mixed", "evidence": "e"}], {}, root=tmp_path)
+    book.save_findings("ch", [{"claim": "c", "source": "paper", "verdict": "mixed", "evidence": "e"}], {},
+                       root=tmp_path)
     assert sphinx_ext.updated(None, env) == ["book/intro"]
     sphinx_ext.merge(None, env, ["a"], types.SimpleNamespace(tprune_findings_docs={"a", "b"}))
     assert env.tprune_findings_docs == {"book/intro", "a"}
@@ -456,7 +498,8 @@ def test_stub_book_builds_reruns_and_findings_end_to_end(tmp_path, monkeypatch, 
     assert "No findings yet" in intro and "tprune-no-findings" in intro
     assert json.loads((root / book.LAST_BUILD).read_text())["html"] == str(html)
 
-    book.save_findings("tiny", [{"claim": "squares grow", "verdict": "reproduced", "evidence": "2 -> 4"}],
+    book.save_findings("tiny", [{"claim": "squares grow", "source": "ours", "verdict": "reproduced",
+                                 "evidence": "2 -> 4"}],
                        {"n": 2}, root=tmp_path / "results")
     _cli(["run", "tiny", "-p", "n", "4", "--tag", "four", "--root", str(root)])
     capfd.readouterr()

@@ -12,6 +12,7 @@ from scipy import stats
 
 from .macs import count_macs
 from .models import SIZES
+from .verdicts import mean_ci  # the seed interval lives with the verdict rules (torch-free); re-exported
 
 PAPER_INPUTS = {  # patch tokens of the paper's inputs -> (frames at 128 mel bins, what it is)
     64: (128, "SPC-2 (1 s)"),
@@ -114,19 +115,6 @@ def check_against_flop_counter(family: str, size: str, frames: int, keep_rate: f
 
 # --------------------------------------------------------------------------------------------------------------
 # Statistics
-
-def mean_ci(values, level: float = 0.95) -> tuple[float, float, float]:
-    """Mean and Student-t confidence interval (lo, hi). One value gives an infinitely wide interval, honestly."""
-    v = np.asarray(values, dtype=float)
-    v = v[~np.isnan(v)]
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(v.mean())
-    if v.size == 1:
-        return m, -math.inf, math.inf
-    half = stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size)
-    return m, m - half, m + half
-
 
 def summarize(df: pd.DataFrame, by: list, value: str = "accuracy", level: float = 0.95) -> pd.DataFrame:
     """Mean, CI and count of ``value`` over the rows of each group, each row one sample: right when a row is one

@@ -11,18 +11,19 @@ from pathlib import Path
 
 from .. import results
 from ..errors import ConfigError
+from ..verdicts import SOURCES, VERDICTS
 
 FINDINGS = "findings"
-FINDING_COLUMNS = ("claim", "verdict", "evidence", "where")
-VERDICTS = ("reproduced", "not reproduced", "mixed", "inconclusive")
+FINDING_COLUMNS = ("claim", "source", "verdict", "evidence", "where")
 NO_FINDINGS = ("No chapter has stored its verdicts in results/ yet. "
                "Rows appear here when a written chapter is built.")
 
 
 def save_findings(chapter: str, rows, params: dict, root=None) -> Path:
-    """Store a chapter's verdicts for the landing page. `rows`: dicts (or a DataFrame) with `claim`,
-    `verdict` (one of VERDICTS), `evidence` (the numbers that decide it) and optionally `where` (the figure or
-    table in the chapter that shows it)."""
+    """Store a chapter's verdicts for the landing page. `rows`: dicts (or a DataFrame) with `claim`, `source`
+    ("paper": a claim of the paper, "ours": one we added), `verdict` (one of VERDICTS), `evidence` (the numbers
+    that decide it) and optionally `where` (the figure or table in the chapter that shows it).
+    `tprune_core.verdicts` builds such rows from per-seed numbers."""
     import pandas as pd
 
     table = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))
@@ -39,6 +40,10 @@ def save_findings(chapter: str, rows, params: dict, root=None) -> Path:
     bad = sorted(set(table["verdict"]) - set(VERDICTS))
     if bad:
         raise ConfigError(f"findings of {chapter}: verdict {bad} not in {list(VERDICTS)}")
+    bad = sorted(set(table["source"]) - set(SOURCES))
+    if bad:
+        raise ConfigError(f"findings of {chapter}: source {bad} not in {list(SOURCES)} "
+                          "(a claim of the paper, or one of ours)")
     empty = table.index[(table["claim"].str.strip() == "") | (table["evidence"].str.strip() == "")].tolist()
     if empty:
         raise ConfigError(f"findings of {chapter}: rows {empty} have an empty claim or evidence")
@@ -54,6 +59,7 @@ def collect_findings(root=None) -> list[dict]:
         table = results.load_table(meta["chapter"], FINDINGS, None, root=root)
         made = table.attrs["meta"]
         for rec in table.to_dict("records"):
+            rec.setdefault("source", "")  # rows stored before the source column existed show none
             rows.append({"chapter": meta["chapter"], **{c: rec[c] for c in FINDING_COLUMNS},
                          "profile": made.get("profile", ""), "saved_at": made.get("saved_at", ""),
                          "code_version": made.get("code_version", "")})
@@ -75,9 +81,9 @@ def findings_markdown(root=None, titles: dict | None = None) -> str:
     if not rows:
         return "No findings yet. " + NO_FINDINGS
     titles = titles or {}
-    lines = ["| Chapter | Claim | Verdict | Evidence | Run |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| Chapter | Claim | Source | Verdict | Evidence | Run |", "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        cells = [titles.get(r["chapter"], r["chapter"]), r["claim"], f"**{r['verdict']}**",
+        cells = [titles.get(r["chapter"], r["chapter"]), r["claim"], r["source"], f"**{r['verdict']}**",
                  evidence_text(r), run_label(r)]
         lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines)

@@ -17,8 +17,8 @@ from .findings import NO_FINDINGS, collect_findings, evidence_text, findings_dig
 
 log = sphinx_logging.getLogger(__name__)
 
-HEADERS = ("Chapter", "Claim", "Verdict", "Evidence", "Run")
-COLUMN_WIDTHS = (14, 30, 10, 34, 12)
+HEADERS = ("Chapter", "Claim", "Source", "Verdict", "Evidence", "Run")
+COLUMN_WIDTHS = (14, 28, 7, 10, 30, 11)
 
 
 class findings_placeholder(nodes.General, nodes.Element):
@@ -126,7 +126,7 @@ def findings_nodes(app, docname: str, rows: list[dict]):
     for r in rows:
         verdict = nodes.paragraph()
         verdict += nodes.strong(text=r["verdict"])
-        body += _row([_chapter_cell(app, docname, r["chapter"]), r["claim"], verdict, evidence_text(r),
+        body += _row([_chapter_cell(app, docname, r["chapter"]), r["claim"], r["source"], verdict, evidence_text(r),
                       run_label(r)])
     group += body
     return table
