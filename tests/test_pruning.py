@@ -669,3 +669,34 @@ def test_fixed_budget_forward_reads_no_tensor_value_into_python(family):
     with torch.no_grad(), spy:
         m(x)
     assert spy.reads > 0
+
+
+def test_intensity_range_matched_random_control_keeps_the_same_count_elsewhere():
+    """The control of a bucket drop: every clip keeps as many tokens as the bucket drop leaves it, at random."""
+    from tprune_core import pruning
+    torch.manual_seed(0)
+    model = create_model("ast", "tiny", frames=64, num_classes=5).eval()
+    x = torch.randn(4, 64, 128)
+    x[0] = x[0].abs() + 5.0   # a clip whose every patch is in range: nothing to drop
+    ranges = [(0.0, float("inf"))]
+
+    def run(**options):
+        pruning.apply_pruning(model, "intensity_range", 1.0, (0,), keep_ranges=ranges, **options)
+        with torch.no_grad():
+            out = model(x)
+        last = pruning.last_forward(model)
+        pruning.remove_pruning(model)
+        return out, last
+
+    _, bucket = run()
+    _, control = run(matched="random", seed=1)
+    _, again = run(matched="random", seed=1)
+    assert torch.equal(bucket.tokens, control.tokens)               # same budget per clip and block
+    kept = [set(p[p >= 0].tolist()) for p in bucket.positions]
+    drawn = [set(p[p >= 0].tolist()) for p in control.positions]
+    assert [len(k) for k in kept] == [len(d) for d in drawn]
+    assert any(k != d for k, d in zip(kept[1:], drawn[1:]))         # drawn elsewhere, not the bucket's tokens
+    assert kept[0] == drawn[0] == set(range(len(kept[0])))          # a full clip stays full
+    assert [set(p[p >= 0].tolist()) for p in again.positions] == drawn   # seeded
+    with pytest.raises(Exception, match="matched must be one of"):
+        pruning.apply_pruning(model, "intensity_range", 1.0, (0,), keep_ranges=ranges, matched="loud")

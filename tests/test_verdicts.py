@@ -234,3 +234,15 @@ def test_cut_claim_evidence_quotes_cuts_tolerances_and_the_unpruned_model():
     assert ev.endswith("; unpruned 40.0% (95% CI 30.1% to 49.9%, 3 seeds)")
     weak = v.cut_claim(WEAK, _cuts(0.40, 0.35, 0.01), _cuts(0.40, 0.35, 0.004), claim="c", source="paper")
     assert weak["verdict"] == "not testable here" and "not clearly above chance" in weak["evidence"]
+
+
+def test_unpaired_difference_is_welch_over_seeds():
+    from scipy import stats
+    a, b = [0.80, 0.82, 0.84], [0.70, 0.75, 0.65]
+    d = v.unpaired_difference(a, b)
+    res = stats.ttest_ind(a, b, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    assert d.mean == pytest.approx(0.12) and d.lo == pytest.approx(ci.low) and d.hi == pytest.approx(ci.high)
+    assert v.beats(d) and d.n == 3
+    with pytest.raises(ConfigError, match="at least 2"):
+        v.unpaired_difference([0.5], b)

@@ -501,6 +501,21 @@ def is_builtin(name) -> bool:
     return isinstance(name, str) and (name in BUILDERS or name == "synthetic" or name.split(":")[0] == "default")
 
 
+def describe_protocol(name, protocol=None) -> str:
+    """One line on how a dataset's splits are made, for a chapter's setup box."""
+    protocol = dict(protocol or {})
+    if name == "speechcommands":
+        if split_identity(name, protocol):
+            return ("pooled by speaker: train = the extra v0.01 speakers + part of the v0.02 test copy; validation "
+                    "and test = held-out test-copy speakers (speaker-disjoint across all three, asserted)")
+        return "speaker-disjoint 70/15/15 split of the v0.02 test copy (seed 0), or the official lists"
+    if name == "urbansound8k":
+        test = protocol.get("test_fold", 10)
+        return (f"test fold {test}; train = the other folds present, validation carved out by source recording "
+                f"(fsID)")
+    return f"protocol {protocol or 'default'} (see tprune_core.datasets)"
+
+
 def data_fingerprint(name, protocol=None) -> str | None:
     """None for a built-in dataset; for a user folder, 16 hex digits over its resolved path and every clip of every
     split (ids, labels, groups, file sizes and modification times): changes whenever the folder's content does.

@@ -37,27 +37,57 @@ def bucket_table(b: dict) -> pd.DataFrame:
                          "from": lo, "to": hi, "share of training patches": b["share"]})
 
 
-def bucket_settings(edges, after_blocks=(0, 3, 6, 9), drops=None) -> list:
-    """intensity_range settings: after block b keep every patch outside the dropped buckets."""
+CONTROL = " (random, same count)"   # label suffix of a bucket drop's matched-budget control
+
+
+def bucket_settings(edges, after_blocks=(0, 3, 6, 9), drops=None, controls: bool = True, seed: int = 0) -> list:
+    """intensity_range settings: after block b keep every patch outside the dropped buckets; with ``controls``,
+    beside each its matched-budget control (every clip drops as many tokens, drawn at random among all its
+    patches), so a bucket is judged against the same number of tokens dropped anywhere."""
     drops = drops or DROPS
-    return [experiments.setting("intensity_range", 1.0, (b,), label=f"{name} @ block {b}",
-                                keep_ranges=analysis.bucket_ranges(edges, d))
-            for b in after_blocks for name, d in drops.items()]
+    out = []
+    for b in after_blocks:
+        for name, d in drops.items():
+            ranges = analysis.bucket_ranges(edges, d)
+            out.append(experiments.setting("intensity_range", 1.0, (b,), label=f"{name} @ block {b}",
+                                           keep_ranges=ranges))
+            if controls:
+                out.append(experiments.setting("intensity_range", 1.0, (b,), label=f"{name}{CONTROL} @ block {b}",
+                                               keep_ranges=ranges, matched="random", seed=seed))
+    return out
 
 
-def bucket_accuracy(entries, bucket_by_dataset: dict, after_blocks=(0, 3, 6, 9), drops=None, split="test"):
-    """Accuracy, GMACs and clips left without a patch token, for every entry x (block, bucket set)."""
+def bucket_accuracy(entries, bucket_by_dataset: dict, after_blocks=(0, 3, 6, 9), drops=None, split="test",
+                    controls: bool = True):
+    """Accuracy, GMACs and clips left without a patch token, for every entry x (block, bucket set), and with
+    ``controls`` the matched random drop of each (column ``control``; ``bucket_set`` names the drop both share)."""
     frames = []
     for ds, b in bucket_by_dataset.items():
         sel = [e for e in entries if e["dataset"] == ds]
-        settings = bucket_settings(b["edges"], after_blocks, drops)
+        settings = bucket_settings(b["edges"], after_blocks, drops, controls)
         grid = experiments.evaluate_grid(sel, settings, split=split)
         grid["setting"] = grid.label.str.split(" @ ").str[0]
         grid["after_block"] = grid.drop_loc.astype(int)
         frames.append(grid)
     out = pd.concat(frames, ignore_index=True)
+    out["control"] = out.setting.str.endswith(CONTROL)
+    out["bucket_set"] = out.setting.str.replace(CONTROL, "", regex=False)
     out["empty_fraction"] = out.n_empty / out.n_clips
     return out
+
+
+def matched_bucket_effects(acc, metric: str = "accuracy") -> pd.DataFrame:
+    """Per (family, dataset, bucket set, block, seed): the bucket drop's accuracy, its matched random control's,
+    and ``excess`` = control - bucket (how much more the bucket's tokens matter than as many random ones; > 0:
+    the bucket matters more). Both evaluated by the same model on the same clips: a paired, per-seed number."""
+    keys = ["family", "dataset", "bucket_set", "after_block", "seed"]
+    real = acc[~acc.control].set_index(keys)
+    ctrl = acc[acc.control].set_index(keys)
+    out = pd.DataFrame({"bucket": real[metric], "control": ctrl[metric]}).dropna()
+    out["excess"] = out.control - out.bucket
+    out["gmacs_bucket"] = real.gmacs
+    out["gmacs_control"] = ctrl.gmacs
+    return out.reset_index()
 
 
 # ------------------------------------------------------------------------------------------ attention records

@@ -206,7 +206,7 @@ def select(st: PruneState, block: int, x: torch.Tensor, scores: torch.Tensor | N
         return _tome(st, x, n - kept_count(n, st.keep_rate))
     patch_scores = scores[:, st.fused:] if scores is not None else None
     if st.method in PER_CLIP:
-        return _select_per_clip(st, x, patch_scores)
+        return _select_per_clip(st, x, patch_scores, block)
     k = kept_count(n, st.keep_rate)
     if k == n:
         return x
@@ -224,15 +224,22 @@ def select(st: PruneState, block: int, x: torch.Tensor, scores: torch.Tensor | N
     return st.keep(x, idx)
 
 
-def _select_per_clip(st: PruneState, x, patch_scores):
+def _select_per_clip(st: PruneState, x, patch_scores, block: int):
     """intensity_range / adaptive: every clip keeps its own number of tokens. A batch stays one tensor: each clip
     keeps its tokens in patch order, padded to the batch's largest count, and ``valid`` marks the real ones;
     later blocks mask the padding out of attention, scoring and pooling, so each clip's output is the one it gets
-    alone (tested), and token counts (hence MACs) are per clip, as a variable-length runtime would execute."""
+    alone (tested), and token counts (hence MACs) are per clip, as a variable-length runtime would execute.
+    ``matched="random"`` (intensity_range): the control of a bucket drop at the same budget: each clip keeps as
+    many tokens as the intensity range would leave it, drawn at random among its tokens."""
     b, n = x.shape[0], x.shape[1] - st.special()
     valid = st.valid if st.valid is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
     if st.method == "intensity_range":
         keep = _in_range(st.stat, st.options) & valid
+        if st.options.get("matched") == "random":
+            draw = _random(st, b, n, block, x.device).masked_fill(~valid, -1.0)
+            order = draw.argsort(dim=1, descending=True)
+            ranks = torch.arange(n, device=x.device).expand(b, n) < keep.sum(1, keepdim=True)
+            keep = torch.zeros_like(valid).scatter_(1, order, ranks)
     else:
         cap = torch.ceil(st.keep_rate * valid.sum(1) - 1e-9).clamp_min(1).long()
         k = torch.minimum(_adaptive_count(patch_scores.masked_fill(~valid, 0.0), st.options.get("mass", 0.9)), cap)

@@ -28,7 +28,9 @@ SCORED = frozenset({"topk", "evit_fuse", "adaptive"})      # rank by attention
 PER_CLIP = frozenset({"intensity_range", "adaptive"})      # keep counts differ between clips
 FIXED_BUDGET = tuple(m for m in METHODS if m not in PER_CLIP)  # same token count for every clip
 PATCH_STAT = frozenset({"mean", "std", "intensity_range"})  # rank by a statistic of the patch's pixels
-OPTIONS = {"random": {"seed"}, "intensity_range": {"keep_ranges", "lo", "hi"}, "adaptive": {"mass"}}
+OPTIONS = {"random": {"seed"}, "intensity_range": {"keep_ranges", "lo", "hi", "matched", "seed"},
+           "adaptive": {"mass"}}
+MATCHED_CONTROLS = ("random",)   # intensity_range's control: the same count per clip, drawn elsewhere
 
 PRECISIONS = ("auto", "fp32", "bf16")       # training / evaluation: auto = bf16 autocast on CUDA, fp32 on CPU
 BENCH_DTYPES = ("fp32", "bf16", "fp16")     # autocast dtypes the benchmark times
@@ -117,6 +119,9 @@ def check_options(method: str, options: dict) -> None:
     unknown = set(options) - allowed
     if unknown:
         raise ConfigError(f"{method}: unknown option(s) {sorted(unknown)}; expected {sorted(allowed) or 'none'}")
+    if method == "intensity_range" and options.get("matched") not in (None, *MATCHED_CONTROLS):
+        raise ConfigError(f"intensity_range: matched must be one of {MATCHED_CONTROLS} or absent, got "
+                          f"{options['matched']!r}")
     if method == "adaptive" and not 0.0 < float(options.get("mass", 0.9)) <= 1.0:
         raise ConfigError(f"adaptive: mass must be in (0, 1], got {options['mass']!r}")
 

@@ -134,6 +134,25 @@ def paired_difference(a_per_seed, b_per_seed, names=("a", "b")) -> SeedCI:
     return seed_ci(seed_differences(a_per_seed, b_per_seed, names))
 
 
+def unpaired_difference(a_per_seed, b_per_seed) -> SeedCI:
+    """a - b for two groups of DIFFERENT models (e.g. AudioMAE vs AST seeds, speech vs general-audio models): mean
+    difference with a Welch t-interval over the two sets of per-seed values; `n` is the smaller group's size.
+    Not paired: nothing ties seed 0 of one group to seed 0 of the other."""
+    a, b = _values(a_per_seed), _values(b_per_seed)
+    if len(a) < 2 or len(b) < 2:
+        raise ConfigError(f"unpaired_difference: need at least 2 per-seed values per group, got {len(a)} and {len(b)}")
+    import numpy as np
+    from scipy import stats
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    diff = float(np.mean(a) - np.mean(b))
+    se = math.sqrt(va + vb)
+    if se == 0:
+        return SeedCI(diff, diff, diff, min(len(a), len(b)))
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.975, dof)) * se
+    return SeedCI(diff, diff - half, diff + half, min(len(a), len(b)))
+
+
 def _bounds(ci) -> tuple[float, float]:
     """(lo, hi) of a SeedCI or a (mean, lo, hi[, n]) tuple."""
     return (ci.lo, ci.hi) if isinstance(ci, SeedCI) else (float(ci[1]), float(ci[2]))

@@ -258,6 +258,22 @@ def provenance(entries) -> dict:
             "machine": machine_info()}
 
 
+def describe_machine(m: dict | None) -> str:
+    if not m:
+        return "not recorded"
+    features = ", ".join(m.get("cpu_features") or []) if m.get("device", "cpu") == "cpu" else ""
+    return (f"{m['processor']}" + (f" ({features})" if features else "") + f", {m['threads']} threads, "
+            f"torch {m['torch']}, timm {m.get('timm', '?')}, numpy {m.get('numpy', '?')}")
+
+
+def hardware_summary(entries, prov: dict | None = None) -> dict:
+    """For a chapter's setup box: where its tables were computed and where its models were trained."""
+    trained = sorted({describe_machine(e.get("machine")) for e in entries if e["role"] != "mae"})
+    out = {"tables computed on": describe_machine((prov or {}).get("machine") or machine_info())}
+    out["models trained on"] = "; ".join(trained)
+    return out
+
+
 def zoo_entries(profile: str = "full", require: bool = True, families=None, datasets=None, roles=None) -> list:
     """Metadata of the models of a profile (the chapters' entry point), optionally only some families / datasets /
     roles ("mae", "base", "prune"). ``require``: raise if any of the selected models is not built (a chapter never

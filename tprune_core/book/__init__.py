@@ -22,7 +22,8 @@ from .builder import LAST_BUILD, build, output_dir
 from .findings import (FINDING_COLUMNS, FINDINGS, NO_FINDINGS, VERDICTS, collect_findings, findings_digest,
                        findings_markdown, save_findings)
 from .listing import GENERATED_TOC, RERUNS_DIR, TOC_NAME, list_reruns, reruns_listing, sync_reruns
-from .params import chapter_params, chapter_source, parameter_names, profile, read_chapter, show_setup
+from .params import (chapter_params, chapter_source, parameter_names, profile, protocol_notes, read_chapter,
+                     show_setup)
 from .reruns import CELL_TIMEOUT, parse_value, rerun_label, run_chapter
 
 _SPHINX_NAMES = ("findings_placeholder", "FindingsDirective")
@@ -31,7 +32,7 @@ __all__ = [
     "BOOK_DIR", "CELL_TIMEOUT", "FINDINGS", "FINDING_COLUMNS", "GENERATED_TOC", "LAST_BUILD", "NO_FINDINGS",
     "RERUNS_DIR", "TOC_NAME", "VERDICTS", "build", "chapter_params", "chapter_source", "collect_findings",
     "findings_digest", "findings_markdown", "list_reruns", "output_dir", "parameter_names", "parse_value",
-    "profile", "read_chapter", "rerun_label", "reruns_listing", "run_chapter", "save_findings", "setup",
+    "profile", "protocol_notes", "read_chapter", "rerun_label", "reruns_listing", "run_chapter", "save_findings", "setup",
     "show_setup", "sync_reruns",
 ]
 

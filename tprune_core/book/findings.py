@@ -19,7 +19,7 @@ NO_FINDINGS = ("No chapter has stored its verdicts in results/ yet. "
                "Rows appear here when a written chapter is built.")
 
 
-def save_findings(chapter: str, rows, params: dict, root=None) -> Path:
+def save_findings(chapter: str, rows, params: dict, root=None, checkpoints=None, machine=None) -> Path:
     """Store a chapter's verdicts for the landing page. `rows`: dicts (or a DataFrame) with `claim`, `source`
     ("paper": a claim of the paper, "ours": one we added), `verdict` (one of VERDICTS), `evidence` (the numbers
     that decide it) and optionally `where` (the figure or table in the chapter that shows it).
@@ -47,7 +47,7 @@ def save_findings(chapter: str, rows, params: dict, root=None) -> Path:
     empty = table.index[(table["claim"].str.strip() == "") | (table["evidence"].str.strip() == "")].tolist()
     if empty:
         raise ConfigError(f"findings of {chapter}: rows {empty} have an empty claim or evidence")
-    return results.save_table(chapter, FINDINGS, table, params, root=root)
+    return results.save_table(chapter, FINDINGS, table, params, root=root, checkpoints=checkpoints, machine=machine)
 
 
 def collect_findings(root=None) -> list[dict]:

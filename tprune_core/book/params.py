@@ -73,12 +73,12 @@ def chapter_params(chapter: str, namespace: dict, root=None) -> dict:
     return params
 
 
-def show_setup(params: dict, *, data=None, splits=None, seeds=None, synthetic=None) -> Markdown:
+def show_setup(params: dict, *, data=None, splits=None, seeds=None, synthetic=None, hardware=None) -> Markdown:
     """What a chapter shows at its top: parameters, data, splits, seeds, profile and code version.
 
     `data`: a description (str, dict, or an object with `.describe()`); `splits`: {split: description};
     `synthetic`: a reason string (or True) when the chapter runs on synthetic data, shown as a danger
-    admonition. Returns Markdown the notebook displays; the box carries the class `tprune-chapter`, which is
+    admonition; `hardware`: {what: description}, e.g. ``zoo.hardware_summary(...)`` (numbers depend on it). Returns Markdown the notebook displays; the box carries the class `tprune-chapter`, which is
     how the site check recognizes a chapter page.
     """
     parts = []
@@ -98,6 +98,8 @@ def show_setup(params: dict, *, data=None, splits=None, seeds=None, synthetic=No
         body.append("**Data**\n\n" + _describe(data))
     if splits is not None:
         body.append("**Splits**\n\n" + _describe(splits))
+    if hardware is not None:
+        body.append("**Hardware**\n\n" + _describe(hardware))
     if seeds is not None:
         seeds = list(seeds) if isinstance(seeds, (list, tuple, range)) else [seeds]
         body.append("**Seeds**: " + ", ".join(str(s) for s in seeds))
@@ -105,6 +107,16 @@ def show_setup(params: dict, *, data=None, splits=None, seeds=None, synthetic=No
     parts.append("::::{admonition} Setup of this run\n:class: note tprune-setup tprune-chapter\n"
                  + "\n\n".join(body) + "\n::::")
     return Markdown("\n\n".join(parts))
+
+
+def protocol_notes(entries) -> dict:
+    """{dataset: how its splits are made} for the datasets of some zoo entries (first entry of each)."""
+    from ..datasets import describe_protocol
+    notes = {}
+    for e in entries:
+        if e.get("role") != "mae" and e["dataset"] not in notes:
+            notes[e["dataset"]] = describe_protocol(e["dataset"], e.get("protocol"))
+    return notes
 
 
 def _describe(value) -> str:
