@@ -67,9 +67,15 @@ def test_config_hash_ignores_operational_fields_only():
         T.TrainConfig.from_dict({"famly": "ast"})
 
 
-def test_config_hashes_are_pinned():
-    """Run folders are named by these hashes: moving code must never change them (bump TRAIN_VERSION on purpose)."""
+def test_config_hashes_are_pinned(monkeypatch, data_root):
+    """Run folders are named by these hashes: moving code must never change them (bump TRAIN_VERSION on purpose).
+    Where the extra Speech Commands speakers are found, the default speech protocol pools them, and the pooled
+    split's identity enters the hash: a run made on another split is never served."""
     from tprune_core.mae import MAEConfig
+    pooled = T.TrainConfig().hash()
+    assert pooled == "1df57556cb32" != T.TrainConfig(protocol={"extra": False}).hash()
+    assert T.TrainConfig(protocol={"extra": True}).hash() != pooled   # other protocol dict, same split: still new
+    monkeypatch.delenv("TPRUNE_DATA")   # no data found: the hash of a run made before pooling existed
     assert T.TrainConfig().hash() == T.config_hash(T.TrainConfig()) == "e035017b03c9"
     assert T.TrainConfig(prune_method="topk", keep_rate=0.5, init="run:abc").hash() == "a146b5970d93"
     assert MAEConfig().hash() == "48cc86e5415c"
@@ -258,6 +264,7 @@ def test_full_zoo_plan_matches_the_issue():
     plan = zoo.zoo_plan("full")
     roles = [r for r, _ in plan]
     assert roles.count("mae") == 1 and roles.count("base") == 12 and roles.count("prune") == 24
+    assert roles.count("control") == 12   # a keep-rate-1.0 control per fine-tuned parent
     mae = plan[0][1]
     assert {s["dataset"] for s in mae.sources} == {"speechcommands", "urbansound8k"} and mae.mask_ratio == 0.8
     base = [c for r, c in plan if r == "base"]
@@ -269,6 +276,8 @@ def test_full_zoo_plan_matches_the_issue():
         assert c.init == ("mae:" + mae.hash() if c.family == "audiomae" else None)
     assert set(groups) == {(f, d) for f in ("ast", "audiomae") for d in ("speechcommands", "urbansound8k")}
     assert all(len(s) >= 3 for s in groups.values())
+    assert {c.frames for c in base if c.dataset == "urbansound8k"} == {400}                   # whole 4 s clips
+    assert all(c.protocol == {"extra": True} for c in base if c.dataset == "speechcommands")  # pooled speakers
     hashes = {c.hash() for c in base}
     assert len(hashes) == 12
     prune = [c for r, c in plan if r == "prune"]

@@ -246,3 +246,18 @@ def test_unpaired_difference_is_welch_over_seeds():
     assert v.beats(d) and d.n == 3
     with pytest.raises(ConfigError, match="at least 2"):
         v.unpaired_difference([0.5], b)
+
+
+def test_over_models_counts_only_testable_models():
+    good = v.testable([0.80, 0.82, 0.81], chance=0.1)
+    weak = v.testable([0.20, 0.35, 0.25], chance=0.1)
+    assert good.ok and not weak.ok
+    cells = {("ast", "a", 0.7): (0.05, 0.01, 0.09), ("ast", "a", 0.5): (0.06, 0.02, 0.10),
+             ("mae", "b", 0.7): (-0.05, -0.09, -0.01)}
+    row = v.over_models({("ast", "a"): good, ("mae", "b"): weak}, cells, "better", claim="c", source="paper")
+    # the weak model's loss does not count: 2 of 2 testable cells are wins
+    assert row["verdict"] == "reproduced" and "2 of 2" in row["evidence"] and "('mae', 'b')" in row["evidence"]
+    none = v.over_models({("ast", "a"): weak, ("mae", "b"): weak}, cells, "sign", claim="c", source="ours")
+    assert none["verdict"] == "not testable here"
+    with pytest.raises(ConfigError, match="kind"):
+        v.over_models({}, {}, "worse", claim="c", source="ours")

@@ -38,12 +38,13 @@ def bucket_table(b: dict) -> pd.DataFrame:
 
 
 CONTROL = " (random, same count)"   # label suffix of a bucket drop's matched-budget control
+CONTROLLED = ("drop C1-C2", "drop C4-C5")   # the drops the verdicts compare: each gets its control by default
 
 
-def bucket_settings(edges, after_blocks=(0, 3, 6, 9), drops=None, controls: bool = True, seed: int = 0) -> list:
-    """intensity_range settings: after block b keep every patch outside the dropped buckets; with ``controls``,
-    beside each its matched-budget control (every clip drops as many tokens, drawn at random among all its
-    patches), so a bucket is judged against the same number of tokens dropped anywhere."""
+def bucket_settings(edges, after_blocks=(0, 3, 6, 9), drops=None, controls=CONTROLLED, seed: int = 0) -> list:
+    """intensity_range settings: after block b keep every patch outside the dropped buckets; for the drops named
+    in ``controls``, beside each its matched-budget control (every clip drops as many tokens, drawn at random
+    among all its patches), so a bucket is judged against the same number of tokens dropped anywhere."""
     drops = drops or DROPS
     out = []
     for b in after_blocks:
@@ -51,16 +52,16 @@ def bucket_settings(edges, after_blocks=(0, 3, 6, 9), drops=None, controls: bool
             ranges = analysis.bucket_ranges(edges, d)
             out.append(experiments.setting("intensity_range", 1.0, (b,), label=f"{name} @ block {b}",
                                            keep_ranges=ranges))
-            if controls:
+            if name in controls:
                 out.append(experiments.setting("intensity_range", 1.0, (b,), label=f"{name}{CONTROL} @ block {b}",
                                                keep_ranges=ranges, matched="random", seed=seed))
     return out
 
 
 def bucket_accuracy(entries, bucket_by_dataset: dict, after_blocks=(0, 3, 6, 9), drops=None, split="test",
-                    controls: bool = True):
-    """Accuracy, GMACs and clips left without a patch token, for every entry x (block, bucket set), and with
-    ``controls`` the matched random drop of each (column ``control``; ``bucket_set`` names the drop both share)."""
+                    controls=CONTROLLED):
+    """Accuracy, GMACs and clips left without a patch token, for every entry x (block, bucket set), and for the
+    drops named in ``controls`` their matched random drop (column ``control``; ``bucket_set`` names the drop both share)."""
     frames = []
     for ds, b in bucket_by_dataset.items():
         sel = [e for e in entries if e["dataset"] == ds]

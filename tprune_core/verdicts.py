@@ -326,6 +326,35 @@ def sign_claim(testability: Testability | None, per_cell_cis, expected_sign: int
     return claim_row(claim, source, verdict, evidence, where, testability)
 
 
+def over_models(testabilities: dict, cells: dict, kind: str, *, claim: str, source: str, where: str = "",
+                names=("A", "B"), expected_sign: int = +1) -> dict:
+    """One verdict for a claim judged on several models: ``cells`` maps a key (e.g. (family, dataset) or
+    (family, dataset, keep rate)) to its per-seed CI, ``testabilities`` maps the same key, or its first
+    ``len(model key)`` items, to the model's `Testability`. Only cells of testable models count; with none the
+    verdict is "not testable here". ``kind``: "better" (`better_claim`) or "sign" (`sign_claim`)."""
+    if kind not in ("better", "sign"):
+        raise ConfigError(f"over_models: kind must be 'better' or 'sign', got {kind!r}")
+
+    def model_of(key):
+        for k in (key, key[:2] if isinstance(key, tuple) else key):
+            if k in testabilities:
+                return testabilities[k]
+        raise ConfigError(f"over_models: no testability for {key!r}")
+
+    kept = [ci for key, ci in cells.items() if model_of(key).ok]
+    untestable = sorted({str(k[:2] if isinstance(k, tuple) else k) for k in cells if not model_of(k).ok})
+    note = f"; left out, not clearly above chance: {', '.join(untestable)}" if untestable else ""
+    if not kept:
+        reasons = "; ".join(t.reason for t in testabilities.values() if not t.ok)
+        return claim_row(claim, source, "not testable here", f"no model clearly above chance ({reasons})", where)
+    if kind == "better":
+        row = better_claim(None, kept, claim=claim, source=source, where=where, names=names)
+    else:
+        row = sign_claim(None, kept, expected_sign, claim=claim, source=source, where=where)
+    row["evidence"] += note
+    return row
+
+
 # ------------------------------------------------------------------------------------------------ evidence text
 
 def _pct(x: float, digits: int = 1) -> str:

@@ -83,7 +83,7 @@ ZOO = {
                 "mask_ratio": 0.8, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2},
         "prune": {"method": "topk", "keep_rates": [0.7, 0.5], "drop_loc": [3, 6, 9], "seeds": [0, 1, 2],
                   "epochs": 1, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.25,
-                  "prune_shrink_epochs": 0.5},
+                  "prune_shrink_epochs": 0.5, "control": True},
     },
 }
 
