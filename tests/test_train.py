@@ -306,7 +306,7 @@ def test_zoo_entries_select_roles_and_name_what_is_missing(tmp_cache):
 def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     from tprune_core import zoo
     t = time.time()
-    entries = zoo.build_zoo("smoke", threads=1, progress=False)
+    entries = zoo.build_zoo("smoke", progress=False, jobs=2)   # two one-thread worker processes
     assert time.time() - t < 180
     assert "total" in capsys.readouterr().out
     models = [e for e in entries if e["role"] != "mae"]
@@ -323,6 +323,26 @@ def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     t = time.time()
     zoo.build_zoo("smoke", progress=False)
     assert time.time() - t < 20
+
+
+def test_a_run_in_training_is_locked_against_a_second_process(tmp_path):
+    from tprune_core.loop import RunBusyError, run_lock
+    with run_lock(tmp_path / "run"):
+        with pytest.raises(RunBusyError, match=r"being trained by another process \(pid \d+\)"):
+            with run_lock(tmp_path / "run"):
+                pass
+    with run_lock(tmp_path / "run"):   # released: the next one gets it
+        pass
+
+
+def test_parallel_zoo_waits_for_parents():
+    from tprune_core import zoo
+    plan = zoo.zoo_plan("full")
+    hashes = {c.hash() for _, c in plan}
+    parents = {zoo._parent(c) for _, c in plan} - {None}
+    assert parents <= hashes   # every parent is in the plan: the scheduler can always make progress
+    mae = next(c for r, c in plan if r == "mae")
+    assert {zoo._parent(c) for r, c in plan if r == "base" and c.family == "audiomae"} == {mae.hash()}
 
 
 # ------------------------------------------------------------------------------------------- recipe knobs

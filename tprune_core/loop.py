@@ -21,6 +21,8 @@ files, so a kill at any point leaves a run that either resumes or is complete.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -28,8 +30,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, TpruneError
 from .runtime import load_torch, lr_at, optimizer_step, rng_state, save_atomic, set_rng_state, training_attention
+
+
+class RunBusyError(TpruneError):
+    """Another process is training this run right now."""
 
 
 class Task:
@@ -106,8 +112,36 @@ def _start(task: Task, state_path: Path) -> tuple:
     return st["step"], st["history"], st["elapsed"], st.get("epoch_stats", task.zero)
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` while training: a second process (another `tprune zoo`, a parallel zoo worker) that
+    reaches the same run gets a clear error instead of writing the same files at the same time."""
+    import fcntl
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise RunBusyError(f"{run_dir}: being trained by another process ({f.read().strip() or 'pid unknown'}); "
+                               f"wait for it, or stop it and rerun (training resumes)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run_epochs(task: Task):
     """Train ``task`` to its last step, from state.pt when there is one; returns ``task.finish(history)``."""
+    with run_lock(task.run_dir):
+        return _run_epochs(task)
+
+
+def _run_epochs(task: Task):
     cfg, model, opt = task.cfg, task.model, task.opt
     steps_per_epoch, total = task.steps_per_epoch, task.total
     warmup = round(cfg.warmup_epochs * steps_per_epoch)

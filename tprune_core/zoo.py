@@ -340,40 +340,98 @@ def per_class_summary(entries: list) -> list:
 
 
 def format_summary(rows: list) -> str:
-    lines = [f"{'family':9s} {'dataset':15s} {'keep':>5s} {'seeds':>5s} {'test acc':>15s} {'val acc':>7s} "
+    lines = [f"{'family':9s} {'dataset':15s} {'role':8s} {'keep':>5s} {'seeds':>5s} {'test acc':>15s} {'val acc':>7s} "
              f"{'GMACs':>6s} {'train s':>7s}"]
     for r in rows:
-        lines.append(f"{r['family']:9s} {r['dataset']:15s} {r['keep_rate']:5.2f} {r['n_seeds']:5d} "
+        lines.append(f"{r['family']:9s} {r['dataset']:15s} {r['role']:8s} {r['keep_rate']:5.2f} {r['n_seeds']:5d} "
                      f"{100 * r['test_acc_mean']:6.1f} ± {100 * r['test_acc_std']:4.1f} % {100 * r['val_acc_mean']:6.1f}% "
                      f"{r['test_gmacs']:6.3f} {r['train_seconds_mean']:7.0f}")
     return "\n".join(lines)
 
 
 def build_zoo(profile: str = "full", threads: int | None = None, progress: bool = True, device: str = "auto",
-              report: bool = True) -> list:
+              report: bool = True, jobs: int = 1) -> list:
     """Train (or find in the cache) every model of a profile, test each selected checkpoint once, print the
-    accuracy table (stdout, when ``report``) and the total wall time; returns ``zoo_entries(profile)``."""
+    accuracy table (stdout, when ``report``) and the total wall time; returns ``zoo_entries(profile)``.
+    ``jobs`` > 1 trains that many runs at once, each in its own process with one thread (unless ``threads`` says
+    otherwise), a run starting as soon as the run it starts from is done: on a 2-core CPU two one-thread runs get
+    more done than one two-thread run, whose threads wait on each other."""
     t0 = time.perf_counter()
     plan = zoo_plan(profile)
-    done_before = sum(_entry(r, c)["trained"] for r, c in plan)
-    print(f"tprune zoo {profile}: {len(plan)} runs ({done_before} already in {zoo_root()})", file=sys.stderr)
-    for i, (role, cfg) in enumerate(plan, 1):
-        cfg = copy.copy(cfg)
-        cfg.threads, cfg.progress, cfg.device = threads, progress, device  # operational: hash unchanged
-        t = time.perf_counter()
-        if role == "mae":
-            pretrain(cfg)
-        else:
-            test_run(train_run(cfg), progress)
-        e = _entry(role, cfg)
-        acc = f"  test acc {100 * e['test_accuracy']:.1f}%" if "test_accuracy" in e else ""
-        print(f"[zoo {i}/{len(plan)}] {role} {e['family']}/{e['dataset']} seed {e['seed']}"
-              + (f" keep {e['keep_rate']}" if role == "prune" else "") + f"  {time.perf_counter() - t:.0f}s{acc}",
-              file=sys.stderr)
+    done = {cfg.hash() for role, cfg in plan if _built(role, cfg)}
+    print(f"tprune zoo {profile}: {len(plan)} runs ({len(done)} already in {zoo_root()})"
+          + (f", {jobs} at a time" if jobs > 1 else ""), file=sys.stderr)
+    todo = [(role, _operational(cfg, threads if threads or jobs == 1 else 1, progress and jobs == 1, device))
+            for role, cfg in plan if cfg.hash() not in done]
+    if jobs == 1:
+        for role, cfg in todo:
+            _report_run(len(plan) - len(todo) + todo.index((role, cfg)) + 1, len(plan), role, cfg,
+                        _train_one(role, cfg))
+    else:
+        _train_parallel(todo, done, jobs, len(plan))
     entries = zoo_entries(profile)
     total = time.perf_counter() - t0
     if report:
         print(format_summary(summarize(entries)))
     print(f"tprune zoo {profile}: total {total:.0f} s ({total / 60:.1f} min) for {len(plan)} runs, "
-          f"{len(plan) - done_before} trained now", file=sys.stdout if report else sys.stderr)
+          f"{len(todo)} trained now", file=sys.stdout if report else sys.stderr)
     return entries
+
+
+def _built(role, cfg) -> bool:
+    e = _entry(role, cfg)
+    return e["trained"] and (role == "mae" or "test_accuracy" in e)
+
+
+def _operational(cfg, threads, progress, device):
+    cfg = copy.copy(cfg)
+    cfg.threads, cfg.progress, cfg.device = threads, progress, device  # operational: hash unchanged
+    return cfg
+
+
+def _train_one(role, cfg) -> float:
+    """Train (or resume) one run and test it; the seconds it took. Also the body of a parallel worker."""
+    t = time.perf_counter()
+    if role == "mae":
+        pretrain(cfg)
+    else:
+        test_run(train_run(cfg), cfg.progress)
+    return time.perf_counter() - t
+
+
+def _report_run(i, n, role, cfg, seconds):
+    e = _entry(role, cfg)
+    acc = f"  test acc {100 * e['test_accuracy']:.1f}%" if "test_accuracy" in e else ""
+    print(f"[zoo {i}/{n}] {role} {e['family']}/{e['dataset']} seed {e['seed']}"
+          + (f" keep {e['keep_rate']}" if role == "prune" else "") + f"  {seconds:.0f}s{acc}", file=sys.stderr)
+
+
+def _parent(cfg) -> str | None:
+    """The run a config starts from (its MAE or its unpruned parent), which must be built first."""
+    init = getattr(cfg, "init", None)
+    return init.split(":", 1)[1] if init and init.split(":", 1)[0] in ("mae", "run") else None
+
+
+def _train_parallel(todo, done: set, jobs: int, n_plan: int):
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    waiting, running, finished = list(todo), {}, n_plan - len(todo)
+    # spawn, not fork: a forked child inherits torch's thread pools and can deadlock in them
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while waiting or running:
+            for role, cfg in [rc for rc in waiting if _parent(rc[1]) in (None, *done)][:jobs - len(running)]:
+                waiting.remove((role, cfg))
+                running[pool.submit(_train_one, role, cfg)] = (role, cfg)
+                print(f"[zoo] started {role} {cfg.hash()} ({getattr(cfg, 'family', 'mae')}/"
+                      f"{getattr(cfg, 'dataset', '')} seed {cfg.seed})", file=sys.stderr)
+            if not running:
+                stuck = ", ".join(f"{r} {c.hash()} needs {_parent(c)}" for r, c in waiting[:3])
+                raise ConfigError(f"zoo: runs wait for parents that are not in the plan: {stuck}")
+            ready, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in ready:
+                role, cfg = running.pop(fut)
+                seconds = fut.result()   # a failed run raises here, naming its own error
+                done.add(cfg.hash())
+                finished += 1
+                _report_run(finished, n_plan, role, cfg, seconds)
