@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 # The stamp holds a hash of pyproject.toml: the install is redone only when the dependencies changed.
 STAMP := $(VENV)/.installed-$(shell sha256sum pyproject.toml | cut -c1-16)
 PROFILE ?= full
+JOBS ?= 2  # zoo runs trained at once, one thread each (see `tprune zoo --help`)
 export TPRUNE_DATA ?= $(abspath ../shared/data)
 
 .PHONY: venv test book site-check clean-book
@@ -23,7 +24,7 @@ test: $(STAMP)
 
 # One output folder per profile: full -> _build/html, smoke -> _build/smoke/_build/html (own execution cache).
 book: $(STAMP)
-	$(BIN)/tprune zoo --profile $(PROFILE)
+	$(BIN)/tprune zoo --profile $(PROFILE) --jobs $(JOBS)
 	TPRUNE_PROFILE=$(PROFILE) $(BIN)/tprune book --profile $(PROFILE) $(if $(REEXECUTE),--reexecute)
 
 # Opens every page of the last build in headless Chromium (installs Debian's chromium when missing).

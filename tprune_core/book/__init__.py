@@ -26,7 +26,7 @@ from .params import (chapter_params, chapter_source, parameter_names, profile, p
                      show_setup)
 from .reruns import CELL_TIMEOUT, parse_value, rerun_label, run_chapter
 
-_SPHINX_NAMES = ("findings_placeholder", "FindingsDirective")
+_SPHINX_NAMES = ("findings_placeholder", "FindingsDirective", "models_placeholder", "ModelsDirective")
 
 __all__ = [
     "BOOK_DIR", "CELL_TIMEOUT", "FINDINGS", "FINDING_COLUMNS", "GENERATED_TOC", "LAST_BUILD", "NO_FINDINGS",

@@ -97,3 +97,36 @@ def evidence_text(row: dict) -> str:
 def run_label(row: dict) -> str:
     """The Run cell: profile, date and code version of the build that saved the row."""
     return f"{row['profile']} · {row['saved_at'][:10]} · {row['code_version']}"
+
+
+# The zoo table the introduction shows up front: where the trade-offs chapter stores it.
+ZOO_TABLE = ("pruning-tradeoffs", "zoo")
+NO_MODELS = "No model table in results/ yet: it appears when the Pruning trade-offs chapter is built."
+
+
+def model_rows(root=None) -> list[dict]:
+    """The unpruned models' test accuracy per family and dataset (mean ± std over seeds), as the trade-offs
+    chapter stored it; [] before it ran."""
+    try:
+        table = results.load_table(*ZOO_TABLE, None, root=root)
+    except results.MissingResultError:
+        return []
+    if "role" in table.columns:
+        table = table[table.role == "base"]
+    else:
+        table = table[table.keep_rate == 1.0]
+    rows = []
+    for r in table.to_dict("records"):
+        rows.append({"family": r["family"], "dataset": r["dataset"], "n_seeds": int(r["n_seeds"]),
+                     "test accuracy": f"{100 * r['test_acc_mean']:.1f}% ± {100 * r['test_acc_std']:.1f}",
+                     "GMACs per clip": f"{r['test_gmacs']:.2f}", "trained on": r.get("trained_on", "")})
+    return rows
+
+
+def zoo_digest(root=None) -> str:
+    """Changes whenever the stored zoo table changes."""
+    try:
+        meta = results.read_meta(*ZOO_TABLE, root)
+    except results.ResultsError:
+        return ""
+    return meta["sha256"]

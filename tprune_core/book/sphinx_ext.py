@@ -13,7 +13,8 @@ from sphinx.util.docutils import SphinxDirective
 
 from ..errors import TpruneError
 from ._shared import BOOK_DIR
-from .findings import NO_FINDINGS, collect_findings, evidence_text, findings_digest, run_label
+from .findings import (NO_FINDINGS, NO_MODELS, collect_findings, evidence_text, findings_digest, model_rows,
+                       run_label, zoo_digest)
 
 log = sphinx_logging.getLogger(__name__)
 
@@ -23,6 +24,22 @@ COLUMN_WIDTHS = (14, 28, 7, 10, 30, 11)
 
 class findings_placeholder(nodes.General, nodes.Element):
     """Where the findings table goes; replaced at write time (pickled with the doctree, so module level)."""
+
+
+class models_placeholder(nodes.General, nodes.Element):
+    """Where the table of the zoo's unpruned models goes; replaced at write time, like the findings table."""
+
+
+class ModelsDirective(SphinxDirective):
+    """`{tprune-models}`: the zoo's unpruned test accuracies as the trade-offs chapter stored them."""
+
+    has_content = False
+
+    def run(self):
+        docs = getattr(self.env, "tprune_findings_docs", set())
+        docs.add(self.env.docname)
+        self.env.tprune_findings_docs = docs
+        return [models_placeholder()]
 
 
 class FindingsDirective(SphinxDirective):
@@ -50,7 +67,7 @@ def updated(app, env):
     """The pages showing the table, when the stored findings changed since the last build."""
     # Chapters write results/ while they execute during reading, so the table is filled at write time;
     # here the pages showing it are marked for rewriting whenever the stored findings changed.
-    digest = findings_digest()
+    digest = findings_digest() + zoo_digest()
     if getattr(env, "tprune_findings_digest", None) == digest:
         return []
     env.tprune_findings_digest = digest
@@ -67,6 +84,12 @@ def resolve(app, doctree, docname):
             node.replace_self(nodes.paragraph(text=f"Findings could not be read: {exc}"))
             continue
         node.replace_self(findings_nodes(app, docname, rows))
+    for node in list(doctree.findall(models_placeholder)):
+        try:
+            node.replace_self(models_nodes(model_rows()))
+        except TpruneError as exc:
+            log.warning(f"models table: {exc}", location=docname)
+            node.replace_self(nodes.paragraph(text=f"The model table could not be read: {exc}"))
 
 
 def dedupe_scripts(app, pagename, templatename, context, doctree):
@@ -132,9 +155,31 @@ def findings_nodes(app, docname: str, rows: list[dict]):
     return table
 
 
+def models_nodes(rows: list[dict]):
+    """The unpruned models' accuracies as a docutils table (a note before the trade-offs chapter ran)."""
+    if not rows:
+        return nodes.paragraph(text=NO_MODELS)
+    headers = list(rows[0])
+    table = nodes.table(classes=["tprune-models"])
+    group = nodes.tgroup(cols=len(headers))
+    table += group
+    for _ in headers:
+        group += nodes.colspec(colwidth=10)
+    head = nodes.thead()
+    head += _row(headers)
+    group += head
+    body = nodes.tbody()
+    for r in rows:
+        body += _row([r[h] for h in headers])
+    group += body
+    return table
+
+
 def setup(app):
     """Register the `{tprune-findings}` directive, its node and the event handlers that fill it."""
     app.add_node(findings_placeholder)
+    app.add_node(models_placeholder)
+    app.add_directive("tprune-models", ModelsDirective)
     app.connect("html-page-context", dedupe_scripts)
     app.add_directive("tprune-findings", FindingsDirective)
     app.connect("env-purge-doc", purge)
