@@ -65,3 +65,15 @@ def test_code_version_ignores_what_the_build_writes(tmp_path, monkeypatch):
     finally:
         target.write_bytes(before)
         results.code_version.cache_clear()
+
+
+def test_provenance_problems_catch_disagreeing_tables(tmp_path):
+    a, b = "a" * 64, "b" * 64
+    results.save_table("one", "t", pd.DataFrame({"x": [1]}), {}, root=tmp_path, checkpoints={"m": a, "n": a})
+    results.save_table("two", "t", pd.DataFrame({"x": [1]}), {}, root=tmp_path, checkpoints={"m": a})
+    assert results.provenance_problems(tmp_path, {"m": a, "n": a}) == []
+    results.save_table("two", "u", pd.DataFrame({"x": [1]}), {}, root=tmp_path, checkpoints={"m": b})
+    problems = results.provenance_problems(tmp_path)
+    assert len(problems) == 1 and "different weights" in problems[0] and "two/u" in problems[0]
+    stale = results.provenance_problems(tmp_path, {"m": b, "n": a})
+    assert any("one/t" in p and "no longer the zoo's" in p for p in stale)

@@ -374,3 +374,19 @@ def list_results(root=None) -> list[dict]:
         meta["meta_path"] = str(meta_path)
         found.append(meta)
     return found
+
+
+def provenance_problems(root=None, current: dict | None = None) -> list[str]:
+    """What is wrong with the checkpoint digests stored beside the tables: the same model recorded with different
+    weights by two tables, or (``current``: model name -> sha256 of the zoo's weights now) a table computed from
+    weights the zoo no longer has. Empty when every table agrees with every other and with the zoo."""
+    seen, problems = {}, []
+    for meta in list_results(root):
+        where = f"{meta['chapter']}/{meta['name']}"
+        for name, digest in sorted((meta.get("checkpoints") or {}).items()):
+            first = seen.setdefault(name, (digest, where))
+            if first[0] != digest:
+                problems.append(f"{name}: {first[1]} and {where} were computed from different weights")
+            if current is not None and name in current and current[name] != digest:
+                problems.append(f"{where}: computed from {name} weights that are no longer the zoo's")
+    return problems

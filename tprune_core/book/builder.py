@@ -40,6 +40,19 @@ def _package_fingerprint() -> str:
     return h.hexdigest()
 
 
+def _check_provenance(profile_name: str, store: Path):
+    """Every table's checkpoint digests must agree with each other and with the zoo the chapters were built on."""
+    from .. import zoo
+    entries = zoo.zoo_entries(profile_name, require=False)
+    current = zoo.provenance([e for e in entries if e.get("trained")])["checkpoints"]
+    problems = results.provenance_problems(store, current)
+    if problems:
+        raise TpruneError(f"{len(problems)} stored table(s) do not match the zoo's weights: " + "; ".join(problems[:5])
+                          + " (re-run the chapters: `tprune book --reexecute`)")
+    print(f"tprune book: every stored table's checkpoint digests agree with the zoo ({len(current)} models)",
+          flush=True)
+
+
 def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: bool = False) -> Path:
     """`tprune book`: sync the Reruns part, then build the book with jupyter-book under -W. Returns the html
     folder, also recorded in _build/last-build.json for the site check. `reexecute` drops the profile's
@@ -80,6 +93,7 @@ def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: 
     done = subprocess.run(cmd, cwd=root, env=env)
     if done.returncode != 0:
         raise TpruneError(f"jupyter-book build failed (exit {done.returncode}); see the messages above")
+    _check_provenance(profile_name, results.default_root(base=root))
     stamp.write_text(toc_hash + "\n")
     code_stamp.write_text(code + "\n")
     marker.parent.mkdir(parents=True, exist_ok=True)
