@@ -198,6 +198,8 @@ def check_result(r, repeats):
         assert s["n"] == repeats and s["q25"] <= s["median"] <= s["q75"] and s["iqr"] >= 0 and s["mad"] >= 0
     assert r["spread"]["full"]["median"] == r["ms_full"]
     assert r["repeats"] == repeats and r["device"] == "cpu" and r["torch"] == torch.__version__
+    assert r["compile"] in ("none", "default") and r["cpu_name"] == r["device_name"] and r["threads"] >= 1
+    assert r["first_call_s_full"] > 0 and r["first_call_s_pruned"] > 0 and r["first_call_s_kr1"] > 0
 
 
 def test_bench_keys_and_mac_ratio():
@@ -249,12 +251,44 @@ def test_bench_settings_stop_rule_and_overhead_models():
     (dict(method="nope"), "method"), (dict(repeats=2), "repeats"), (dict(dtype="fp8"), "dtype"),
     (dict(batch=0), "batch"), (dict(threads=0), "threads"), (dict(keep_rate=1.5), "keep_rate"),
     (dict(linear="mkl"), "linear"), (dict(linear="onednn", dtype="bf16"), "linear"),
+    (dict(compile="jit"), "compile"), (dict(compile="reduce-overhead"), "compile: 'reduce-overhead'"),
+    (dict(compile="default", method="adaptive"), "compile: adaptive"),
+    (dict(compile="default", linear="onednn"), "linear: 'onednn' layers do not compile"),
 ])
 def test_bench_bad_arguments(kwargs, name):
     args = dict(family="ast", size="tiny", frames=64, keep_rate=0.5, repeats=3, mel=64)
     args.update(kwargs)
     with pytest.raises(ConfigError, match=name):
         bench(**args)
+
+
+def test_bench_compiles_every_model_alike_and_times_the_first_call_apart(monkeypatch):
+    """``compile``: the stock, the keep-rate-1.0 and the pruned model each go through the same ``torch.compile``
+    call (fullgraph, static shapes), whose first call is reported apart. The compiler is swapped for aot_eager
+    and the models cut to 4 blocks so that this stays a seconds-long check of the plumbing, not a timing."""
+    import tprune_core.bench as B
+    calls, real_compile, real_create = [], torch.compile, B.create_model
+
+    def cheap_compile(model, mode=None, **kwargs):
+        calls.append((type(model).__name__, mode, kwargs))
+        return real_compile(model, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", cheap_compile)
+    monkeypatch.setattr(B, "create_model", lambda *a, **k: real_create(*a, depth=4, **k))
+    r = bench("ast", "tiny", 64, 0.5, batch=2, threads=1, repeats=3, warmup=2, mel=64, drop_loc=(1, 2),
+              compile="default")
+    check_result(r, 3)
+    assert r["compile"] == "default" and r["linear"] == "default"       # auto: timm's layers under a compile
+    assert [c[0] for c in calls] == ["AudioViT", "PrunedAudioViT", "PrunedAudioViT"]
+    assert all(c[1:] == (None, dict(fullgraph=True, dynamic=False)) for c in calls)
+    assert r["first_call_s_pruned"] * 1e3 > 5 * r["ms_pruned"]         # compiling: kept out of the medians
+    from tprune_core.macs import model_macs
+    pruned = apply_pruning(real_create("ast", "tiny", 64, 527, mel=64, depth=4).eval(), "topk", 0.5, (1, 2))
+    with torch.no_grad():
+        pruned(torch.randn(1, 64, 64))
+    full = model_macs(real_create("ast", "tiny", 64, 527, mel=64, depth=4))
+    assert r["mac_ratio"] == pytest.approx(float(full.mean() / model_macs(pruned).mean()))   # counted eagerly
+    assert flat_row(r)["compile"] == "default"
 
 
 def test_cli_bench_json(capsys):
