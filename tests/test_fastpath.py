@@ -323,3 +323,58 @@ def test_load_grid_reads_the_stored_tables_and_names_bad_ones(tmp_path):
     for name in ("cpu_grid", "gpu_grid"):
         df, meta = load_grid(name)
         assert len(df) and df.efficiency.between(0.05, 2.0).all() and meta["device"] in ("cpu", "cuda")
+
+
+def _run_grid_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "run_grid.py"
+    spec = importlib.util.spec_from_file_location("run_grid", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_grid_plans_compile_modes_and_resumes(tmp_path, monkeypatch):
+    """bench/run_grid.py: eager groups first, then each compile mode (not for the linear-backend comparison groups,
+    not reduce-overhead on the CPU); rows record ``compile``; a second run finds every row done. Timing is faked:
+    only the plan and the bookkeeping are under test."""
+    from tprune_core.rules import FIXED_BUDGET
+    G = _run_grid_module()
+    cpu = G.runs(G.grid("cpu", "full", ["ast"]), ["none", "default", "reduce-overhead"], "cpu")
+    modes = [mode for _, mode in cpu]
+    assert modes == sorted(modes, key=["none", "default"].index) and "reduce-overhead" not in modes
+    assert all(g.get("linear", "auto") == "auto" for g, mode in cpu if mode != "none")
+    assert len([1 for _, mode in cpu if mode == "none"]) > len([1 for _, mode in cpu if mode == "default"]) > 0
+    static = G.grid("cuda", "static", ["audiomae"])
+    assert [m for m, _ in static[0]["configs"]] == list(FIXED_BUDGET) and static[0]["tokens"] == 256
+    assert [mode for _, mode in G.runs(static, ["none", "default", "reduce-overhead"], "cuda")] == [
+        "none", "default", "reduce-overhead"]
+
+    calls = []
+
+    def fake_bench_group(family, size, frames, configs, **kw):
+        calls.append((family, kw["compile"], kw["linear"], tuple(configs)))
+        spread = {n: {"q25": 1.0, "q75": 1.0, "median": 1.0} for n in
+                  ("full", "pruned", "kr1", "speedup_paired", "overhead_paired")}
+        return [dict(family=family, size=size, frames=frames, tokens=256, method=m, keep_rate=k, batch=kw["batch"],
+                     device="cpu", threads=1, dtype="fp32", drop_loc=[3, 6, 9], mel=128, num_classes=527, seed=0,
+                     omp_wait_policy="PASSIVE", linear=kw["linear"], compile=kw["compile"], ms_full=2.0,
+                     ms_pruned=1.0, speedup=2.0, mac_ratio=2.0, efficiency=1.0, overhead_at_kr1=0.0,
+                     first_call_s_full=3.0, first_call_s_pruned=3.0, load_before=0.0, load_after=0.0,
+                     spread=spread) for m, k in configs]
+
+    monkeypatch.setattr(G, "bench_group", fake_bench_group)
+    out = tmp_path / "grid.csv"
+    argv = ["--grid", "static", "--families", "ast", "--threads", "1", "--out", str(out)]
+    G.main(argv)
+    assert [(c[1], c[2]) for c in calls] == [("none", "onednn"), ("default", "default")]
+    df = pd.read_csv(out)
+    assert sorted(set(df["compile"])) == ["default", "none"] and len(df) == 2 * len(FIXED_BUDGET)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["compile"] == ["none", "default"] and meta["cpu_name"] and "compile" in meta["key_columns"]
+    G.main(argv)                                       # resumes: nothing left to time
+    assert len(calls) == 2 and len(pd.read_csv(out)) == 2 * len(FIXED_BUDGET)
+    old = tmp_path / "old.csv"                         # rows from before the column: eager
+    df.drop(columns="compile").to_csv(old, index=False)
+    assert {k[-1] for k in G.done_keys(old)} == {"none"}
