@@ -585,7 +585,7 @@ def test_bad_arguments(args, options, name):
 
 
 def test_only_random_pruning_draws_random_numbers(monkeypatch):
-    """The seeded generator is built per drop only for ``random``: other methods never pay for it."""
+    """The random draw runs only for ``random``: other methods never pay for it."""
     from tprune_core import pruning as P
 
     def refuse(*args, **kwargs):
