@@ -30,4 +30,4 @@ for family in ("audiomae", "ast"):
         print(f"fastpath check cuda {family:8s} {method:9s}: kept sets identical {same}/{total}, "
               f"max |output diff| {(yf - ys).abs().max().item():.2e}")
 PYEOF
-"$PY" bench/run_grid.py --device cuda "$@"
+"$PY" bench/run_grid.py --device cuda --compile none "$@"   # eager (compiled: bench/gpu_session.sh)

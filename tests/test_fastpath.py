@@ -198,6 +198,8 @@ def check_result(r, repeats):
         assert s["n"] == repeats and s["q25"] <= s["median"] <= s["q75"] and s["iqr"] >= 0 and s["mad"] >= 0
     assert r["spread"]["full"]["median"] == r["ms_full"]
     assert r["repeats"] == repeats and r["device"] == "cpu" and r["torch"] == torch.__version__
+    assert r["compile"] in ("none", "default") and r["cpu_name"] == r["device_name"] and r["threads"] >= 1
+    assert r["first_call_s_full"] > 0 and r["first_call_s_pruned"] > 0 and r["first_call_s_kr1"] > 0
 
 
 def test_bench_keys_and_mac_ratio():
@@ -249,12 +251,44 @@ def test_bench_settings_stop_rule_and_overhead_models():
     (dict(method="nope"), "method"), (dict(repeats=2), "repeats"), (dict(dtype="fp8"), "dtype"),
     (dict(batch=0), "batch"), (dict(threads=0), "threads"), (dict(keep_rate=1.5), "keep_rate"),
     (dict(linear="mkl"), "linear"), (dict(linear="onednn", dtype="bf16"), "linear"),
+    (dict(compile="jit"), "compile"), (dict(compile="reduce-overhead"), "compile: 'reduce-overhead'"),
+    (dict(compile="default", method="adaptive"), "compile: adaptive"),
+    (dict(compile="default", linear="onednn"), "linear: 'onednn' layers do not compile"),
 ])
 def test_bench_bad_arguments(kwargs, name):
     args = dict(family="ast", size="tiny", frames=64, keep_rate=0.5, repeats=3, mel=64)
     args.update(kwargs)
     with pytest.raises(ConfigError, match=name):
         bench(**args)
+
+
+def test_bench_compiles_every_model_alike_and_times_the_first_call_apart(monkeypatch):
+    """``compile``: the stock, the keep-rate-1.0 and the pruned model each go through the same ``torch.compile``
+    call (fullgraph, static shapes), whose first call is reported apart. The compiler is swapped for aot_eager
+    and the models cut to 4 blocks so that this stays a seconds-long check of the plumbing, not a timing."""
+    import tprune_core.bench as B
+    calls, real_compile, real_create = [], torch.compile, B.create_model
+
+    def cheap_compile(model, mode=None, **kwargs):
+        calls.append((type(model).__name__, mode, kwargs))
+        return real_compile(model, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", cheap_compile)
+    monkeypatch.setattr(B, "create_model", lambda *a, **k: real_create(*a, depth=4, **k))
+    r = bench("ast", "tiny", 64, 0.5, batch=2, threads=1, repeats=3, warmup=2, mel=64, drop_loc=(1, 2),
+              compile="default")
+    check_result(r, 3)
+    assert r["compile"] == "default" and r["linear"] == "default"       # auto: timm's layers under a compile
+    assert [c[0] for c in calls] == ["AudioViT", "PrunedAudioViT", "PrunedAudioViT"]
+    assert all(c[1:] == (None, dict(fullgraph=True, dynamic=False)) for c in calls)
+    assert r["first_call_s_pruned"] * 1e3 > 5 * r["ms_pruned"]         # compiling: kept out of the medians
+    from tprune_core.macs import model_macs
+    pruned = apply_pruning(real_create("ast", "tiny", 64, 527, mel=64, depth=4).eval(), "topk", 0.5, (1, 2))
+    with torch.no_grad():
+        pruned(torch.randn(1, 64, 64))
+    full = model_macs(real_create("ast", "tiny", 64, 527, mel=64, depth=4))
+    assert r["mac_ratio"] == pytest.approx(float(full.mean() / model_macs(pruned).mean()))   # counted eagerly
+    assert flat_row(r)["compile"] == "default"
 
 
 def test_cli_bench_json(capsys):
@@ -289,3 +323,58 @@ def test_load_grid_reads_the_stored_tables_and_names_bad_ones(tmp_path):
     for name in ("cpu_grid", "gpu_grid"):
         df, meta = load_grid(name)
         assert len(df) and df.efficiency.between(0.05, 2.0).all() and meta["device"] in ("cpu", "cuda")
+
+
+def _run_grid_module():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "run_grid.py"
+    spec = importlib.util.spec_from_file_location("run_grid", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_grid_plans_compile_modes_and_resumes(tmp_path, monkeypatch):
+    """bench/run_grid.py: eager groups first, then each compile mode (not for the linear-backend comparison groups,
+    not reduce-overhead on the CPU); rows record ``compile``; a second run finds every row done. Timing is faked:
+    only the plan and the bookkeeping are under test."""
+    from tprune_core.rules import FIXED_BUDGET
+    G = _run_grid_module()
+    cpu = G.runs(G.grid("cpu", "full", ["ast"]), ["none", "default", "reduce-overhead"], "cpu")
+    modes = [mode for _, mode in cpu]
+    assert modes == sorted(modes, key=["none", "default"].index) and "reduce-overhead" not in modes
+    assert all(g.get("linear", "auto") == "auto" for g, mode in cpu if mode != "none")
+    assert len([1 for _, mode in cpu if mode == "none"]) > len([1 for _, mode in cpu if mode == "default"]) > 0
+    static = G.grid("cuda", "static", ["audiomae"])
+    assert [m for m, _ in static[0]["configs"]] == list(FIXED_BUDGET) and static[0]["tokens"] == 256
+    assert [mode for _, mode in G.runs(static, ["none", "default", "reduce-overhead"], "cuda")] == [
+        "none", "default", "reduce-overhead"]
+
+    calls = []
+
+    def fake_bench_group(family, size, frames, configs, **kw):
+        calls.append((family, kw["compile"], kw["linear"], tuple(configs)))
+        spread = {n: {"q25": 1.0, "q75": 1.0, "median": 1.0} for n in
+                  ("full", "pruned", "kr1", "speedup_paired", "overhead_paired")}
+        return [dict(family=family, size=size, frames=frames, tokens=256, method=m, keep_rate=k, batch=kw["batch"],
+                     device="cpu", threads=1, dtype="fp32", drop_loc=[3, 6, 9], mel=128, num_classes=527, seed=0,
+                     omp_wait_policy="PASSIVE", linear=kw["linear"], compile=kw["compile"], ms_full=2.0,
+                     ms_pruned=1.0, speedup=2.0, mac_ratio=2.0, efficiency=1.0, overhead_at_kr1=0.0,
+                     first_call_s_full=3.0, first_call_s_pruned=3.0, load_before=0.0, load_after=0.0,
+                     spread=spread) for m, k in configs]
+
+    monkeypatch.setattr(G, "bench_group", fake_bench_group)
+    out = tmp_path / "grid.csv"
+    argv = ["--grid", "static", "--families", "ast", "--threads", "1", "--out", str(out)]
+    G.main(argv)
+    assert [(c[1], c[2]) for c in calls] == [("none", "onednn"), ("default", "default")]
+    df = pd.read_csv(out)
+    assert sorted(set(df["compile"])) == ["default", "none"] and len(df) == 2 * len(FIXED_BUDGET)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["compile"] == ["none", "default"] and meta["cpu_name"] and "compile" in meta["key_columns"]
+    G.main(argv)                                       # resumes: nothing left to time
+    assert len(calls) == 2 and len(pd.read_csv(out)) == 2 * len(FIXED_BUDGET)
+    old = tmp_path / "old.csv"                         # rows from before the column: eager
+    df.drop(columns="compile").to_csv(old, index=False)
+    assert {k[-1] for k in G.done_keys(old)} == {"none"}

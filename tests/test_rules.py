@@ -128,7 +128,7 @@ CHOICES = [  # (command, option, the rules list it must offer)
     (["macs"], "--method", rules.FIXED_BUDGET),
     (["bench"], "--family", rules.FAMILIES), (["bench"], "--size", tuple(rules.SIZES)),
     (["bench"], "--device", rules.BENCH_DEVICES), (["bench"], "--dtype", rules.BENCH_DTYPES),
-    (["bench"], "--linear", rules.LINEARS),
+    (["bench"], "--linear", rules.LINEARS), (["bench"], "--compile", rules.BENCH_COMPILE),
     (["train"], "--family", rules.FAMILIES), (["train"], "--size", tuple(rules.SIZES)),
     (["train"], "--profile", rules.ZOO_PROFILES), (["train"], "--precision", rules.PRECISIONS),
     (["eval"], "--split", rules.SPLITS), (["zoo"], "--profile", rules.ZOO_PROFILES),

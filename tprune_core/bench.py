@@ -12,6 +12,15 @@ Every timed model shares one linear-layer backend (``linear``): on the CPU in fp
 loses less of its speed as pruning shrinks the matrices; ``linear="default"`` times timm's own path. Either way the
 stock, the keep-rate-1.0 and the pruned model compute alike, so the comparison stays like for like.
 
+Compiling (``compile``, ``rules.BENCH_COMPILE``): ``none`` times eager models; ``default``, ``reduce-overhead``
+(CUDA graphs, CUDA only) and ``max-autotune`` wrap every timed model, stock and pruned alike, in
+``torch.compile(model, mode=..., fullgraph=True, dynamic=False)``: one graph per model, so a silent graph break
+cannot make a pruned model look slow. Only static-budget methods compile (``pruning``'s docstring). Each model's
+first call, which compiles it, is timed on its own (``first_call_s_*``, also reported for eager models, where it is
+the cold first forward) and never enters the timed rounds; with ``reduce-overhead`` CUDA graphs are recorded in
+the warm-up that follows. MACs come from one eager forward per model before compiling. A compiled model brings its
+own matrix products, so the linear backend is timm's (``linear="auto"`` resolves to ``default``).
+
 ``bench`` is the single-configuration front end (``tprune bench``).
 """
 from __future__ import annotations
@@ -31,8 +40,8 @@ from .errors import ConfigError
 from .macs import model_macs
 from .models import create_model, onednn_available, onednn_linear
 from .pruning import apply_pruning
-from .rules import (BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, LINEARS, MEL_BINS, check_family, check_keep_rate,
-                    check_method, check_one_of, check_positive_int, check_size)
+from .rules import (BENCH_COMPILE, BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, LINEARS, MEL_BINS, PER_CLIP,
+                    check_family, check_keep_rate, check_method, check_one_of, check_positive_int, check_size)
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # rules.BENCH_DTYPES -> autocast dtype
 
@@ -40,6 +49,11 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # rules
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    return _cpu_name()
+
+
+def _cpu_name() -> str:
+    """The CPU model (a GPU run records it too: at batch 1 the host launching the kernels sets the pace)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -57,10 +71,16 @@ def _stats(samples) -> dict:
             "mad": float(np.median(np.abs(a - med))), "min": float(a.min()), "n": int(a.size)}
 
 
-def resolve_linear(linear: str, device, dtype: str) -> str:
-    """The linear backend a run will use: ``auto`` is oneDNN for fp32 on a CPU whose torch has it, else default."""
+def resolve_linear(linear: str, device, dtype: str, compile: str = "none") -> str:
+    """The linear backend a run will use: ``auto`` is oneDNN for fp32 on a CPU whose torch has it, else default
+    (and default for a compiled run: the compiler picks its own matrix products)."""
     check_one_of("linear", LINEARS, linear)
+    check_one_of("compile", BENCH_COMPILE, compile)
     fits = torch.device(device).type == "cpu" and dtype == "fp32"
+    if linear == "onednn" and compile != "none":
+        raise ConfigError(f"linear: 'onednn' layers do not compile (compile {compile!r}); use 'auto' or 'default'")
+    if compile != "none":
+        return "default"
     if linear == "onednn" and not fits:
         raise ConfigError(f"linear: 'onednn' applies to fp32 on the CPU only (got device {str(device)!r}, "
                           f"dtype {dtype!r}); use 'auto' or 'default'")
@@ -69,6 +89,16 @@ def resolve_linear(linear: str, device, dtype: str) -> str:
     if linear == "auto":
         return "onednn" if fits and onednn_available() else "default"
     return linear
+
+
+def _check_compile(compile: str, device: torch.device, methods) -> None:
+    check_one_of("compile", BENCH_COMPILE, compile)
+    if compile == "reduce-overhead" and device.type != "cuda":
+        raise ConfigError("compile: 'reduce-overhead' records CUDA graphs, so it needs device 'cuda'")
+    per_clip = sorted(set(methods) & PER_CLIP)
+    if compile != "none" and per_clip:
+        raise ConfigError(f"compile: {', '.join(per_clip)} keep a per-clip number of tokens and do not compile as "
+                          f"one graph; time them with compile 'none'")
 
 
 def _check(family, size, frames, batch, device, threads, repeats, dtype):
@@ -90,7 +120,7 @@ def bench_group(family: str, size: str, frames: int, configs, batch: int = 1, de
                 threads: int | None = None, repeats: int | None = None, min_seconds: float = 10.0,
                 max_repeats: int = 100, warmup: int | None = None, dtype: str = "fp32", drop_loc=DEFAULT_DROP_LOC,
                 mel: int = MEL_BINS, num_classes: int = 527, seed: int = 0, overhead=True, linear: str = "auto",
-                progress: bool = False) -> list[dict]:
+                progress: bool = False, compile: str = "none") -> list[dict]:
     """Time the stock model, the patched model at keep rate 1.0 and every ``(method, keep_rate)`` in ``configs``.
 
     ``repeats``: rounds to time; ``None`` runs until at least 7 rounds and ``min_seconds`` of timing have passed
@@ -98,19 +128,21 @@ def bench_group(family: str, size: str, frames: int, configs, batch: int = 1, de
     or for the methods listed; where none is timed, ``ms_kr1`` and ``overhead_at_kr1`` are NaN. (At keep rate 1.0
     the ranking and merging methods all run the same code, so one of them says what the patching costs.)
     ``linear``: the linear-layer backend of every timed model (``LINEARS``; see the module docstring).
+    ``compile``: ``BENCH_COMPILE``; every timed model is compiled the same way (see the module docstring).
     Returns one result dict per config (see ``bench`` for the keys).
     """
     device = torch.device(device)
     configs = [(str(m), float(k)) for m, k in configs]
     _check(family, size, frames, batch, device, threads, repeats, dtype)
-    linear = resolve_linear(linear, device, dtype)
     for m, k in configs:
         check_method(m)
         check_keep_rate(k)
     if not configs:
         raise ConfigError("configs: expected at least one (method, keep_rate)")
+    _check_compile(compile, device, [m for m, _ in configs])
+    linear = resolve_linear(linear, device, dtype, compile)
     settings = BenchSettings(family, size, frames, batch, device, dtype, tuple(drop_loc), mel, num_classes, seed,
-                             linear, repeats, min_seconds, max_repeats, warmup, overhead, progress)
+                             linear, repeats, min_seconds, max_repeats, warmup, overhead, progress, compile)
     old_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -140,6 +172,7 @@ class BenchSettings:
     warmup: int | None
     overhead: object         # True, False or the methods whose keep-rate-1.0 model is timed
     progress: bool
+    compile: str = "none"    # rules.BENCH_COMPILE
 
     @property
     def cuda(self) -> bool:
@@ -162,10 +195,11 @@ class BenchSettings:
 @dataclass
 class _Timings:
     """Per timed model (key "full", ``("kr1", method)`` or ``(method, keep_rate)``): wall and CPU ms per round,
-    MACs per clip; the load average before and after."""
+    MACs per clip, seconds of the first call (compilation included); the load average before and after."""
     times: dict
     cpu: dict
     macs: dict
+    first_call: dict
     load_before: tuple
     load_after: tuple
 
@@ -208,8 +242,19 @@ def _timed(model, x, sync) -> tuple[float, float]:
     return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
 
 
+def _compiled(s: BenchSettings, models: dict) -> dict:
+    """What each timed model runs as: the model itself, or the same ``torch.compile`` of it for every model."""
+    if s.compile == "none":
+        return dict(models)
+    import torch._dynamo
+    torch._dynamo.reset()   # a fresh cache per group: the pruned models share their forward's code object
+    mode = None if s.compile == "default" else s.compile
+    return {key: torch.compile(model, mode=mode, fullgraph=True, dynamic=False) for key, model in models.items()}
+
+
 def _time_models(s: BenchSettings, models: dict, x) -> _Timings:
-    """A warm-up, the MACs of its forwards, then the timed rounds, under inference mode and the autocast dtype."""
+    """The first call of every model (timed apart: it compiles), a warm-up, then the timed rounds, under inference
+    mode and the autocast dtype. MACs: from the warm-up's tokens, or from one eager forward before compiling."""
     autocast = (torch.autocast(s.device.type, dtype=DTYPES[s.dtype]) if DTYPES[s.dtype] is not None
                 else nullcontext())
     sync = torch.cuda.synchronize if s.cuda else (lambda: None)
@@ -218,15 +263,35 @@ def _time_models(s: BenchSettings, models: dict, x) -> _Timings:
     if s.progress:
         from tqdm import tqdm
         bar = tqdm(total=s.repeats, desc=f"bench {s.family}-{s.size} {s.frames}f b{s.batch}", leave=False)
-    with torch.inference_mode(), autocast:
-        for _ in range(s.warmup_rounds()):
-            for model in models.values():
-                _timed(model, x, sync)
-        macs = {key: model_macs(model) for key, model in models.items()}   # per clip, from the warm-up's tokens
-        times, cpu = _rounds(s, models, x, sync, bar)
+    with torch.inference_mode(), autocast, _recompile_room(len(models)):
+        # A CUDA graph's outputs are reused by the next call: a compiled group counts MACs on the eager models.
+        macs = _eager_macs(models, x) if s.compile != "none" else None
+        runs = _compiled(s, models)
+        first = {key: _timed(run, x, sync)[0] / 1e3 for key, run in runs.items()}
+        for _ in range(max(0, s.warmup_rounds() - 1)):   # the first call was the first warm-up round
+            for run in runs.values():
+                _timed(run, x, sync)
+        if macs is None:
+            macs = {key: model_macs(model) for key, model in models.items()}   # per clip, from the warm-up
+        times, cpu = _rounds(s, runs, x, sync, bar)
     if bar is not None:
         bar.close()
-    return _Timings(times, cpu, macs, load_before, os.getloadavg())
+    return _Timings(times, cpu, macs, first, load_before, os.getloadavg())
+
+
+def _eager_macs(models: dict, x) -> dict:
+    macs = {}
+    for key, model in models.items():
+        model(x)
+        macs[key] = model_macs(model)
+    return macs
+
+
+def _recompile_room(n_models: int):
+    """Dynamo caches one entry per pruned model on their shared forward: room for a whole group."""
+    import torch._dynamo
+    limit = max(torch._dynamo.config.recompile_limit, 2 * n_models)
+    return torch._dynamo.config.patch(recompile_limit=limit)
 
 
 def _rounds(s: BenchSettings, models: dict, x, sync, bar) -> tuple[dict, dict]:
@@ -248,7 +313,8 @@ def _rounds(s: BenchSettings, models: dict, x, sync, bar) -> tuple[dict, dict]:
 
 
 def _machine(s: BenchSettings, t: _Timings) -> dict:
-    return {"device": str(s.device), "device_name": _device_name(s.device), "threads": torch.get_num_threads(),
+    return {"device": str(s.device), "device_name": _device_name(s.device), "cpu_name": _cpu_name(),
+            "threads": torch.get_num_threads(), "compile": s.compile,
             "tf32": bool(torch.backends.cuda.matmul.allow_tf32) if s.cuda else False, "linear": s.linear,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
             "torch": torch.__version__, "timm": __import__("timm").__version__, "python": platform.python_version(),
@@ -277,6 +343,9 @@ def _result(s: BenchSettings, m: str, k: float, tokens: int, t: _Timings, machin
         # Load from other processes only ever adds time: the fastest round is a second, robust estimate.
         "efficiency_min": float(full.min() / pruned.min() / mac_ratio),
         "overhead_at_kr1": float(ms_kr1 / ms_full - 1.0),
+        # Seconds of each model's first call: compilation (if any) plus one forward; never in the medians above.
+        "first_call_s_full": t.first_call["full"], "first_call_s_pruned": t.first_call[(m, k)],
+        "first_call_s_kr1": t.first_call.get(("kr1", m), float("nan")),
         "spread": {"full": _stats(full), "pruned": _stats(pruned), "kr1": _stats(kr1),
                    "speedup_paired": _stats(full / pruned), "overhead_paired": _stats(kr1 / full - 1.0)},
         "repeats": int(full.size), **machine,
@@ -290,9 +359,10 @@ def bench(family: str, size: str, frames: int, keep_rate: float, method: str = "
     Keys: ``ms_full``, ``ms_pruned``, ``ms_kr1`` (medians, ms per batch), ``speedup`` = ms_full / ms_pruned,
     ``mac_ratio`` = MACs full / MACs pruned (``macs.model_macs`` of the timed forwards), ``efficiency`` =
     speedup / mac_ratio, ``overhead_at_kr1`` = patched at keep rate 1.0 vs stock timm (fraction; both with the
-    same ``linear`` backend), ``spread``
+    same ``linear`` backend), ``compile`` and ``first_call_s_full`` / ``_pruned`` / ``_kr1`` (seconds of each
+    model's first call, compilation included; NaN where no keep-rate-1.0 model ran), ``spread``
     (median, quartiles, IQR, MAD of every model's times and of the paired per-round ratios), every parameter, and
-    the machine (device, threads, torch version, load average before and after).
+    the machine (device and CPU model, threads, torch version, load average before and after).
     """
     return bench_group(family, size, frames, [(method, keep_rate)], batch=batch, device=device, threads=threads,
                        repeats=repeats, **kwargs)[0]

@@ -2,8 +2,20 @@
 
 ``apply_pruning(model, "topk", 0.5)`` makes every block in ``drop_loc`` keep only ``ceil(keep_rate * n)`` of its
 ``n`` patch tokens, chosen after the attention residual and before the MLP; prefix tokens (CLS, AST's distillation
-token) always survive, so counts compound (256 -> 128 -> 64 -> 32). No parameter or buffer is added: the
-``state_dict`` is the same before, during and after. ``remove_pruning`` restores the original classes.
+token) always survive, so counts compound (256 -> 128 -> 64 -> 32). No parameter is added and the ``state_dict``
+is the same before, during and after; the one addition is a non-persistent buffer counting forwards (on the model's
+device, so that random pruning can key its draws with it in-graph). ``remove_pruning`` restores the original
+classes and drops the counter.
+
+Compiling: with a static token budget (``rules.FIXED_BUDGET``: topk, random, mean, std, evit_fuse, tome) a pruned
+model compiles as one graph (``torch.compile(model, fullgraph=True)``) that matches eager, random draws included,
+and is not recompiled from call to call. The forward reads no tensor value into Python and copies nothing from the
+host: index tensors are made on the input's device, the forward counter is a device tensor incremented in place,
+and ``last_forward`` is assembled from the forward's tensors only when asked for. (Under CUDA graphs,
+``mode="reduce-overhead"``, read ``last_forward`` before the next compiled call: that call reuses the memory.)
+``adaptive`` and ``intensity_range`` keep a number of tokens that depends on the clip, which a graph with static
+shapes cannot express: under a compile they raise an error that names the method (with ``fullgraph=False`` dynamo
+breaks the graph there and runs that frame eagerly).
 
 Attention scores (what ``topk``, ``evit_fuse`` and ``adaptive`` rank by, and what ``record`` stores):
 - AST (``family == "ast"``): the CLS query row, averaged over heads;
@@ -20,7 +32,6 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +39,7 @@ from timm.models.vision_transformer import Block
 
 from .errors import ConfigError
 from .models import patch_pixels
-from .rules import METHODS, OPTIONS, PATCH_STAT, PER_CLIP, SCORED, check_pruning
+from .rules import FIXED_BUDGET, METHODS, OPTIONS, PATCH_STAT, PER_CLIP, SCORED, check_pruning
 
 __all__ = ["METHODS", "FUSED_POSITION", "PADDING_POSITION", "PruneSettings", "LastForward", "PruneRecord",
            "apply_pruning", "remove_pruning", "set_keep_rate", "is_pruned", "settings", "last_forward",
@@ -127,8 +138,21 @@ class PruneState:
         self.prefix = model.num_prefix_tokens
         self.settings = settings
         self.record: PruneRecord | None = None
-        self.calls = 0   # forward count, so seeded random choices differ between batches yet repeat across runs
-        self.last: LastForward | None = None
+        self.calls_now = None   # during a forward: the model's call counter (a tensor on its device), for random
+        self._done = None       # what the last forward left (tensors, not yet read into Python)
+        self._last: LastForward | None = None
+
+    @property
+    def last(self) -> LastForward | None:
+        """The summary of the last finished forward, built when first asked for: building it reads tensors into
+        Python (and onto the CPU), which a forward itself never does."""
+        if self._last is None and self._done is not None:
+            self._last, self._done = _summary(*self._done), None
+        return self._last
+
+    @last.setter
+    def last(self, value: LastForward | None):
+        self._last, self._done = value, None
 
     # Settings, read by the blocks on every forward.
     method = property(lambda self: self.settings.method)
@@ -139,6 +163,7 @@ class PruneState:
     def begin(self, model, x):
         """Reset the per-forward bookkeeping; ``x`` is the image the patch embedding sees."""
         b, n = x.shape[0], model.patch_embed.num_patches
+        self.calls_now = model._tprune_calls
         self.positions = torch.arange(n, device=x.device).expand(b, n)
         self.stat = None
         if self.method in PATCH_STAT:
@@ -187,12 +212,31 @@ class PruneState:
         now = torch.full((b,), n_out, device=device) if now is None else now
         self.counts.append(torch.stack([n_in, now, n_in - now], 1))
 
-    def token_table(self, b: int) -> torch.Tensor:
-        """The counts of this forward as one (B, depth, 3) long tensor on the CPU."""
-        if all(isinstance(c, tuple) for c in self.counts):
-            return torch.tensor(self.counts, dtype=torch.long).expand(b, -1, -1).clone()
-        return torch.stack([c.cpu() if torch.is_tensor(c) else torch.tensor(c).expand(b, 3)
-                            for c in self.counts], 1).long()
+    def finish(self, b: int, calls: torch.Tensor):
+        """Keep what this forward did for ``last`` (no tensor is read here); ``calls``: the counter after it."""
+        self._done = (b, self.counts, self.positions, self.valid, self.fused, calls)
+        self._last = None
+        self.valid = None
+
+
+def _token_table(counts: list, b: int) -> torch.Tensor:
+    """One forward's per-block counts as one (B, depth, 3) long tensor on the CPU."""
+    if all(isinstance(c, tuple) for c in counts):
+        return torch.tensor(counts, dtype=torch.long).expand(b, -1, -1).clone()
+    return torch.stack([c.cpu() if torch.is_tensor(c) else torch.tensor(c).expand(b, 3) for c in counts], 1).long()
+
+
+def _summary(b, counts, positions, valid, fused, calls) -> LastForward:
+    """``LastForward`` from what ``PruneState.finish`` kept: token table, surviving positions, empty clips."""
+    provenance = _with_fused(positions, fused)
+    if valid is not None:
+        valid_all = torch.cat([torch.ones_like(provenance[:, :fused], dtype=torch.bool), valid], dim=1)
+        provenance = provenance.masked_fill(~valid_all, PADDING_POSITION)
+    if positions.shape[1] == 0:
+        n_empty = int(b)
+    else:
+        n_empty = 0 if valid is None else int((valid.sum(1) == 0).sum())
+    return LastForward(tokens=_token_table(counts, b), positions=provenance, n_empty=n_empty, calls=int(calls))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,7 +254,7 @@ def select(st: PruneState, block: int, x: torch.Tensor, scores: torch.Tensor | N
     k = kept_count(n, st.keep_rate)
     if k == n:
         return x
-    if st.method == "random":   # drawn only when asked for: a seeded generator per call is not free
+    if st.method == "random":   # drawn only when asked for
         rank = _random(st, x.shape[0], n, block, x.device)
     else:
         rank = {"topk": patch_scores, "evit_fuse": patch_scores, "mean": st.stat, "std": st.stat}[st.method]
@@ -225,7 +269,8 @@ def select(st: PruneState, block: int, x: torch.Tensor, scores: torch.Tensor | N
 
 
 def _select_per_clip(st: PruneState, x, patch_scores, block: int):
-    """intensity_range / adaptive: every clip keeps its own number of tokens. A batch stays one tensor: each clip
+    """intensity_range / adaptive: every clip keeps its own number of tokens (a budget that depends on the clip:
+    these two read counts into Python and do not compile into one graph). A batch stays one tensor: each clip
     keeps its tokens in patch order, padded to the batch's largest count, and ``valid`` marks the real ones;
     later blocks mask the padding out of attention, scoring and pooling, so each clip's output is the one it gets
     alone (tested), and token counts (hence MACs) are per clip, as a variable-length runtime would execute.
@@ -236,7 +281,7 @@ def _select_per_clip(st: PruneState, x, patch_scores, block: int):
     if st.method == "intensity_range":
         keep = _in_range(st.stat, st.options) & valid
         if st.options.get("matched") == "random":
-            draw = _random(st, b, n, block, x.device).masked_fill(~valid, -1.0)
+            draw = _random(st, b, n, block, x.device).masked_fill(~valid, -1)   # hashes are >= 0
             order = draw.argsort(dim=1, descending=True)
             ranks = torch.arange(n, device=x.device).expand(b, n) < keep.sum(1, keepdim=True)
             keep = torch.zeros_like(valid).scatter_(1, order, ranks)
@@ -271,11 +316,32 @@ def _adaptive_count(scores: torch.Tensor, mass: float) -> torch.Tensor:
     return (share < mass).sum(1) + 1
 
 
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x):
+    """A bijective hash of 32-bit values, for Python ints and int64 tensors alike (offset, xor-shift / multiply).
+    Every multiplier is odd, so each round is a bijection mod 2**32, and below 2**31, so an int64 product of a
+    32-bit value never overflows: the same numbers on any device, eager or compiled."""
+    x = (x + 0x9E3779B9) & _MASK32   # an offset, so that 0 does not hash to 0
+    x = ((x ^ (x >> 16)) * 0x7FEB352D) & _MASK32
+    x = ((x ^ (x >> 15)) * 0x2C1B3C6D) & _MASK32
+    x = ((x ^ (x >> 16)) * 0x297A2D39) & _MASK32
+    return x ^ (x >> 15)
+
+
 def _random(st: PruneState, b, n, block, device):
-    # One independent stream per (seed, block, forward call); a plain sum of the three could collide.
-    key = np.random.SeedSequence([int(st.options.get("seed", 0)), block, st.calls]).generate_state(1)[0]
-    g = torch.Generator().manual_seed(int(key))
-    return torch.rand(b, n, generator=g).to(device)
+    """(B, n) random ranking scores for one drop, as a counter-based draw: the score of token ``j`` of clip ``c`` is
+    a hash of (seed, block, forward call, c, j). No generator state, no host round trip: the call counter is a
+    tensor on the model's device and everything else is a trace-time constant, so the draw compiles into the
+    graph and gives the same kept tokens on CPU and CUDA, eager and compiled. Within a clip the hash inputs
+    ``key_c + j`` are distinct mod 2**32 and the hash is a bijection, so scores never tie (topk stays exact)."""
+    seed = int(st.options.get("seed", 0))
+    base = _mix32(_mix32(seed ^ (seed >> 32)) ^ block)            # Python int: one stream per (seed, block)
+    calls = st.calls_now
+    key = _mix32(_mix32(calls ^ (calls >> 32)) ^ base)            # () tensor: ... and per forward call
+    clip = _mix32(key ^ _mix32(torch.arange(b, device=device)))   # (B,): ... and per clip
+    return _mix32(clip[:, None] + torch.arange(n, device=device))
 
 
 def _fuse(st: PruneState, x, scores, idx):
@@ -424,21 +490,20 @@ class _PrunedBlock:
         x = x + self.drop_path1(self.ls1(y))
         if st.record is not None:
             st.record._add(st.record.scores, i, scores)
-            st.record._add(st.record.positions, i, _with_fused(st))
+            st.record._add(st.record.positions, i, _with_fused(st.positions, st.fused))
         n_attn, n_patch = x.shape[1], x.shape[1] - st.special()
         if drops:
             x = select(st, i, x, scores)
             if st.record is not None:
-                st.record._add(st.record.kept, i, _with_fused(st))
+                st.record._add(st.record.kept, i, _with_fused(st.positions, st.fused))
         st.log_tokens(n_in, n_attn, x.shape[1], n_patch - (x.shape[1] - st.special()), x.shape[0], x.device)
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
-def _with_fused(st: PruneState) -> torch.Tensor:
-    if not st.fused:
-        return st.positions
-    fused = torch.full_like(st.positions[:, :1], FUSED_POSITION)
-    return torch.cat([fused, st.positions], dim=1)
+def _with_fused(positions: torch.Tensor, fused: int) -> torch.Tensor:
+    if not fused:
+        return positions
+    return torch.cat([torch.full_like(positions[:, :1], FUSED_POSITION), positions], dim=1)
 
 
 def _pad_positions(rows: list) -> torch.Tensor:
@@ -450,6 +515,10 @@ def _pad_positions(rows: list) -> torch.Tensor:
 class _PrunedModel:
     def forward(self, x, **kwargs):
         st: PruneState = self._tprune
+        if st.method in PER_CLIP and torch.compiler.is_compiling():
+            raise ConfigError(f"{st.method}: its token budget depends on the clip (data-dependent shapes), so it "
+                              f"cannot be compiled as one graph; run it eagerly or use a static-budget method "
+                              f"({', '.join(FIXED_BUDGET)})")
         if st.method in PER_CLIP and x.shape[0] > 1 and st.record is not None:
             # Records hold each clip's own tokens, so a recorded per-clip method runs clip by clip.
             outs, lasts = [], []
@@ -458,29 +527,20 @@ class _PrunedModel:
                 lasts.append(st.last)
             st.last = LastForward(tokens=torch.cat([f.tokens for f in lasts]),
                                   positions=_pad_positions([f.positions for f in lasts]),
-                                  n_empty=sum(f.n_empty for f in lasts), calls=st.calls)
+                                  n_empty=sum(f.n_empty for f in lasts), calls=lasts[-1].calls)
             return torch.cat(outs)
         out = super().forward(x, **kwargs)
         self._tprune_finish(x.shape[0])
         return out
 
     def _tprune_finish(self, b: int):
-        """After a forward: token counts per clip and block, surviving positions, clips left without patch tokens."""
+        """After a forward: count it (in place, on the device: a compiled graph neither syncs nor recompiles for
+        it) and keep what ``last_forward`` reports."""
         st: PruneState = self._tprune
-        tokens = st.token_table(b)
-        positions = _with_fused(st)
-        if st.valid is not None:
-            valid = torch.cat([torch.ones_like(positions[:, :st.fused], dtype=torch.bool), st.valid], dim=1)
-            positions = positions.masked_fill(~valid, PADDING_POSITION)
-        if st.positions.shape[1] == 0:
-            n_empty = int(b)
-        else:
-            n_empty = 0 if st.valid is None else int((st.valid.sum(1) == 0).sum())
-        st.calls += 1
-        st.last = LastForward(tokens=tokens, positions=positions, n_empty=n_empty, calls=st.calls)
+        self._tprune_calls.add_(1)
+        st.finish(b, self._tprune_calls.clone())
         if st.record is not None:
-            st.record.token_rows.append(tokens)
-        st.valid = None
+            st.record.token_rows.append(st.last.tokens)
 
     def pool(self, x, pool_type=None):
         valid = self._tprune.valid
@@ -516,6 +576,10 @@ def apply_pruning(model, method: str = "topk", keep_rate: float = 0.5, drop_loc=
         remove_pruning(model)
     state = PruneState(model, PruneSettings(method, float(keep_rate), drop_loc, dict(options)))
     model._tprune = state
+    device = next(model.parameters()).device
+    with torch.inference_mode(False):   # a normal tensor, so forwards in and out of inference mode may count
+        # Forwards so far, on the model's device (moves with it); random pruning keys its draws with it.
+        model.register_buffer("_tprune_calls", torch.zeros((), dtype=torch.long, device=device), persistent=False)
     _reclass(model, _PrunedModel)
     for i, blk in enumerate(model.blocks):
         blk._tprune, blk._tprune_index = state, i
@@ -534,6 +598,7 @@ def remove_pruning(model):
             del obj._tprune_base
         for name in ("_tprune", "_tprune_index"):
             obj.__dict__.pop(name, None)
+    model._buffers.pop("_tprune_calls", None)
     return model
 
 
@@ -563,14 +628,16 @@ def last_forward(model) -> LastForward:
 
 def call_count(model) -> int:
     """Forwards a patched model has run; random pruning seeds each forward's draw with it."""
-    return _state(model, "call_count").calls
+    _state(model, "call_count")
+    return int(model._tprune_calls)
 
 
 def set_call_count(model, calls: int) -> None:
     """Set the forward counter (a resumed training run continues the random draws where it stopped)."""
-    if not isinstance(calls, int) or calls < 0:
+    if not isinstance(calls, int) or isinstance(calls, bool) or not 0 <= calls < 2 ** 63:
         raise ConfigError(f"set_call_count: calls must be an int >= 0, got {calls!r}")
-    _state(model, "set_call_count").calls = calls
+    _state(model, "set_call_count")
+    model._tprune_calls.fill_(calls)
 
 
 def set_keep_rate(model, keep_rate: float):

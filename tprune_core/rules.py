@@ -35,6 +35,7 @@ MATCHED_CONTROLS = ("random",)   # intensity_range's control: the same count per
 PRECISIONS = ("auto", "fp32", "bf16")       # training / evaluation: auto = bf16 autocast on CUDA, fp32 on CPU
 BENCH_DTYPES = ("fp32", "bf16", "fp16")     # autocast dtypes the benchmark times
 LINEARS = ("auto", "onednn", "default")     # linear-layer backends of the benchmark
+BENCH_COMPILE = ("none", "default", "reduce-overhead", "max-autotune")   # torch.compile modes it times
 BENCH_DEVICES = ("cpu", "cuda")
 SPLITS = ("train", "val", "test")
 DATA_SPLITS = SPLITS + ("all",)             # what the data commands featurize and load: a split, or every clip

@@ -40,6 +40,8 @@ def config_hash(cfg, data=None) -> str:
     d = {k: v for k, v in cfg.to_dict().items()
          if k not in OPERATIONAL and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     d["_kind"], d["_version"] = type(cfg).__name__, TRAIN_VERSION
+    if d.get("prune_method") == "random":   # its draws changed (an on-device hash since version 2): only its runs
+        d["_random_draws"] = 2
     if data:
         d["_data"] = data
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]

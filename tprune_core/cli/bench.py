@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..rules import BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, FAMILIES, LINEARS, SIZES
+from ..rules import BENCH_COMPILE, BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, FAMILIES, LINEARS, SIZES
 
 
 def add_parser(subparsers):
@@ -23,7 +23,12 @@ def add_parser(subparsers):
                         "from run to run)")
     p.add_argument("--dtype", default="fp32", choices=BENCH_DTYPES, help="autocast dtype")
     p.add_argument("--linear", default="auto", choices=LINEARS,
-                   help="linear-layer backend of every timed model (auto: oneDNN for fp32 on the CPU, else timm's)")
+                   help="linear-layer backend of every timed model (auto: oneDNN for fp32 on the CPU, else timm's; "
+                        "timm's for a compiled run)")
+    p.add_argument("--compile", default="none", choices=BENCH_COMPILE,
+                   help="torch.compile mode of every timed model, unpruned and pruned alike (fullgraph; "
+                        "reduce-overhead: CUDA graphs, cuda only). Each model's first call, which compiles it, is "
+                        "reported apart and never timed with the rest")
     p.add_argument("--drop-loc", type=int, nargs="+", default=list(DEFAULT_DROP_LOC))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -40,19 +45,24 @@ def run(args):
     from ..bench import bench
     r = bench(args.family, args.size, args.frames, args.keep_rate, method=args.method, batch=args.batch,
               device=args.device, threads=args.threads, repeats=args.repeats, min_seconds=args.min_seconds,
-              dtype=args.dtype, drop_loc=args.drop_loc, seed=args.seed, linear=args.linear, progress=not args.json)
+              dtype=args.dtype, drop_loc=args.drop_loc, seed=args.seed, linear=args.linear, progress=not args.json,
+              compile=args.compile)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
     s = r["spread"]
+    host = f", host {r['cpu_name']}" if r["device_name"] != r["cpu_name"] else ""
     print(f"{r['family']}-{r['size']} {r['tokens']} tokens, {r['method']} keep {r['keep_rate']}, batch {r['batch']}, "
-          f"{r['device']} ({r['device_name']}, {r['threads']} threads, OMP_WAIT_POLICY {r['omp_wait_policy']}, "
-          f"{r['dtype']}, linear {r['linear']}), {r['repeats']} rounds, load {r['load_before']} -> {r['load_after']}")
+          f"{r['device']} ({r['device_name']}{host}, {r['threads']} threads, OMP_WAIT_POLICY {r['omp_wait_policy']}, "
+          f"{r['dtype']}, linear {r['linear']}, compile {r['compile']}), {r['repeats']} rounds, "
+          f"load {r['load_before']} -> {r['load_after']}")
     for name, key in (("full", "full"), ("pruned", "pruned"), ("patched kr 1.0", "kr1")):
         print(f"  {name:15s} {s[key]['median']:10.2f} ms  (IQR {s[key]['q25']:.2f}-{s[key]['q75']:.2f})")
     print(f"  speed-up {r['speedup']:.3f} (paired {s['speedup_paired']['median']:.3f}, "
           f"IQR {s['speedup_paired']['q25']:.3f}-{s['speedup_paired']['q75']:.3f}), "
           f"MAC ratio {r['mac_ratio']:.3f} ({r['gmacs_full']:.2f} -> {r['gmacs_pruned']:.2f} GMACs/clip)")
+    print(f"  first call (compile included, not timed above): full {r['first_call_s_full']:.2f} s, "
+          f"pruned {r['first_call_s_pruned']:.2f} s, patched kr 1.0 {r['first_call_s_kr1']:.2f} s")
     print(f"  efficiency {r['efficiency']:.3f}   overhead at keep rate 1.0 {100 * r['overhead_at_kr1']:+.1f}% "
           f"(paired {100 * s['overhead_paired']['median']:+.1f}%)")
     return 0
