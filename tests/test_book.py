@@ -365,8 +365,9 @@ def test_sphinx_extension_setup_registers_the_module_level_directive():
         app = _FakeSphinxApp()
         meta = setup(app)
         assert meta["parallel_read_safe"] and meta["parallel_write_safe"] and meta["env_version"] == 1
-        assert app.directives == {"tprune-findings": sphinx_ext.FindingsDirective}
-        assert app.nodes == [sphinx_ext.findings_placeholder]
+        assert app.directives == {"tprune-findings": sphinx_ext.FindingsDirective,
+                                  "tprune-models": sphinx_ext.ModelsDirective}
+        assert app.nodes == [sphinx_ext.findings_placeholder, sphinx_ext.models_placeholder]
         assert set(app.handlers) == {"html-page-context", "env-purge-doc", "env-merge-info", "env-updated",
                                      "doctree-resolved"}
         for handlers in app.handlers.values():  # every handler is a module-level function
