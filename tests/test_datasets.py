@@ -332,3 +332,17 @@ def test_real_speechcommands(data_root):
     assert 200 <= len({c.group for c in everything}) <= 320
     assert abs(len(sets["train"]) / 4482 - 0.7) < 0.02
     assert all(len(set(c.label for c in sets[s])) == 11 for s in sets)
+
+
+def test_the_shared_speech_copy_pools_the_extra_speakers_by_default(data_root):
+    """With the extra folder present, the default Speech Commands protocol is the pooled one: a test split of the
+    copy's held-out speakers only (>= 1,500 clips, every class), and the same clips as asking for it."""
+    from tprune_core.datasets import SPEECH_CLASSES, load_dataset, split_identity
+    test = load_dataset("speechcommands", split="test")
+    assert len(test) >= 1500 and {c.label for c in test.clips} == set(range(len(SPEECH_CLASSES)))
+    assert not any(c.clip_id.startswith("extra/") for c in test.clips)
+    assert [c.clip_id for c in test.clips] == [c.clip_id for c in load_dataset("speechcommands", split="test",
+                                                                                 extra=True).clips]
+    assert split_identity("speechcommands", {}) == "speech-pooled-2"
+    assert split_identity("speechcommands", {"extra": False}) is None
+    assert len(load_dataset("speechcommands", split="test", extra=False)) < len(test)
