@@ -24,11 +24,13 @@ def test_list_json_reports_the_shared_data(capsys, data_root, monkeypatch):
     assert code == 0
     entries = {e["name"]: e for e in json.loads(out) if e["source"] == "real"}
     assert entries["urbansound8k"]["clips"] == 1710 and entries["urbansound8k"]["classes"] == 10
-    assert entries["speechcommands"]["clips"] == 4482 and entries["speechcommands"]["classes"] == 11
+    # the default speech protocol pools the extra speakers (4,482 test-copy clips + 6,894 extra)
+    assert entries["speechcommands"]["clips"] == 4482 + 6894 and entries["speechcommands"]["classes"] == 11
+    assert entries["speechcommands"]["splits"]["test"] >= 1500
     for name in ("urbansound8k", "speechcommands"):
         assert entries[name]["path"] and sum(entries[name]["splits"].values()) == entries[name]["clips"]
     code, out, _ = run(capsys, "data", "list")
-    assert code == 0 and "1710 clips" in out and "4482 clips" in out
+    assert code == 0 and "1710 clips" in out and "11376 clips" in out
 
 
 def test_list_with_root(capsys, fake_esc50):

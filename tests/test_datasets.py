@@ -323,10 +323,11 @@ def test_real_speechcommands_pooled_protocol(data_root):
 
 @pytest.mark.realdata
 def test_real_speechcommands(data_root):
-    everything = load_dataset("speechcommands", data_root, "all")
+    """The test-set copy alone (extra=False): 70/15/15 by speaker."""
+    everything = load_dataset("speechcommands", data_root, "all", extra=False)
     assert len(everything) == 4482 and len(everything.classes) == 11
     assert everything.class_counts()["_unknown_"] == 408
-    sets = splits_of("speechcommands", data_root)
+    sets = splits_of("speechcommands", data_root, extra=False)
     assert_disjoint(sets, key=lambda c: c.group)
     assert sum(len(s) for s in sets.values()) == 4482
     assert 200 <= len({c.group for c in everything}) <= 320
