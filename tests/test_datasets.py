@@ -149,7 +149,7 @@ def test_speechcommands_pooled_with_extra_speakers(tmp_path):
     assert {c.label for c in sets["test"]} == set(range(11))
     on_off = [c for c in sets["train"] if c.label in (6, 7)]
     assert on_off and not any(c.clip_id.startswith("extra/") for c in on_off)
-    test_copy = len(load_dataset("speechcommands", folder, "all"))
+    test_copy = len(load_dataset("speechcommands", folder, "all", extra=False))   # the copy alone
     assert abs(len(sets["test"]) / test_copy - 0.4) < 0.1
     assert sets["test"].protocol["split"] == "pooled by speaker"
     with pytest.raises(ConfigError, match="fractions"):
@@ -347,3 +347,13 @@ def test_the_shared_speech_copy_pools_the_extra_speakers_by_default(data_root):
     assert split_identity("speechcommands", {}) == "speech-pooled-2"
     assert split_identity("speechcommands", {"extra": False}) is None
     assert len(load_dataset("speechcommands", split="test", extra=False)) < len(test)
+
+
+def test_auto_pools_only_an_extra_folder_beside_the_copy(tmp_path, monkeypatch):
+    """A test copy elsewhere keeps its own 70/15/15 split even when $TPRUNE_DATA holds an extra folder."""
+    folder = make_speechcommands(tmp_path / "mine", official=False, speakers=40)
+    make_speech_extra(tmp_path / "data")
+    monkeypatch.setenv("TPRUNE_DATA", str(tmp_path / "data"))
+    assert load_dataset("speechcommands", folder, "test").protocol["split"] == "by speaker"
+    make_speech_extra(tmp_path / "mine")
+    assert load_dataset("speechcommands", folder, "test").protocol["split"] == "pooled by speaker"

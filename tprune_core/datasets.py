@@ -375,15 +375,12 @@ def _pooled_speech(folder: Path, clips: list, extra, test_fraction: float, val_f
 
 
 def _pools_by_default(folder: Path, layout: str, fractions) -> bool:
-    """``extra="auto"``: the shared test copy pools the extra speakers whenever their folder is there (and no
+    """``extra="auto"``: the shared test copy pools the extra speakers whenever their folder sits beside it (and no
     ``fractions`` ask for the old 70/15/15 split); the official layout keeps its official lists."""
     if layout == "official" or fractions is not None:
         return False
-    try:
-        locate_speech_extra(folder)
-    except DatasetError:
-        return False
-    return True
+    # Only a folder beside the copy: a copy elsewhere never silently pools speakers found under $TPRUNE_DATA.
+    return any((folder.parent / name).is_dir() for name in SPEECH_EXTRA_FOLDERS)
 
 
 def split_identity(name, protocol=None) -> str | None:

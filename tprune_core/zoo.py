@@ -9,20 +9,20 @@ Profiles (`ZOO`):
 - ``full``: {ast, audiomae} x {speechcommands, urbansound8k} at keep rate 1.0 with 3 seeds; AST-style models from
   scratch (no ImageNet/AudioSet weights can be had here), AudioMAE-style models fine-tuned from one MAE pretrained on
   the pooled *training* splits of both datasets; then pruning-aware fine-tunes (``topk``, keep rates 0.7 and 0.5,
-  drop locations 3,6,9) of every one of those models. 12 blocks, 16x16 patches, 128 mel bins; ViT-tiny (192-dim)
-  so it trains on 2 CPU cores.
-- ``long``: the same recipe with longer schedules (MAE 100 epochs, Speech Commands 30, UrbanSound8K 20) for a GPU or
-  a patient CPU.
+  drop locations 3,6,9) of every one of those models, each with a keep-rate-1.0 control fine-tuned alike. Speech
+  Commands with the pooled speaker protocol, UrbanSound8K on whole 4 s clips. 12 blocks, 16x16 patches, 128 mel
+  bins; ViT-tiny (192-dim) so it trains on 2 CPU cores.
+- ``long``: the same recipe with longer schedules (MAE 100 epochs, 30 epochs each, 5-epoch fine-tunes) and the
+  reverse UrbanSound8K direction (train fold 10, test fold 1, its own MAE), for a GPU or a patient CPU.
 - ``smoke``: the same structure on a small synthetic set, a few steps per run (under a minute on 2 cores), for the
   book's smoke build.
 
-Cost of ``full`` on 2 idle CPU cores (bf16 autocast), measured from an empty cache (featurization included):
-52 minutes in all (MAE 417 s, Speech Commands models 255-279 s each, UrbanSound8K 88-106 s, the 24 one-epoch
-fine-tunes 7-32 s each); `tprune zoo` prints the total. Training runs the attention explicitly on CPU and uses the
-fused AdamW kernel (``runtime.training_attention``, ``runtime.adamw``): together 27% less time per step than timm's
-fused attention and the default optimizer loop (71 minutes before). On a machine shared with
-other work, torch's default of 2 threads can run many times slower (spin-waiting threads); pass ``threads=1``
-(``tprune zoo --threads 1``) there.
+Cost of ``full`` on 2 CPU cores (Intel Xeon with AMX, bf16 autocast, ``--jobs 2``: two one-thread runs at a time),
+from an empty cache (featurization included): 78.5 minutes for the 49 runs, measured with other work on the same
+cores part of the time; `tprune zoo` prints the total. Training runs the attention explicitly on CPU and uses the
+fused AdamW kernel (``runtime.training_attention``, ``runtime.adamw``). One thread per run: two threads of one run
+wait on each other (an MAE epoch took 50 s with two threads, 36-44 s with one beside another worker), and on a
+machine shared with other work they can run many times slower; ``--threads 1`` for a single run there.
 """
 from __future__ import annotations
 
