@@ -40,6 +40,7 @@ from .errors import ConfigError
 from .macs import model_macs
 from .models import create_model, onednn_available, onednn_linear
 from .pruning import apply_pruning
+from .runtime import processor_name
 from .rules import (BENCH_COMPILE, BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, LINEARS, MEL_BINS, PER_CLIP,
                     check_family, check_keep_rate, check_method, check_one_of, check_positive_int, check_size)
 
@@ -47,21 +48,12 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}   # rules
 
 
 def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return _cpu_name()
+    return processor_name(device)
 
 
 def _cpu_name() -> str:
     """The CPU model (a GPU run records it too: at batch 1 the host launching the kernels sets the pace)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return processor_name("cpu")
 
 
 def _stats(samples) -> dict:
