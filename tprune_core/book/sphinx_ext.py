@@ -30,28 +30,23 @@ class models_placeholder(nodes.General, nodes.Element):
     """Where the table of the zoo's unpruned models goes; replaced at write time, like the findings table."""
 
 
-class ModelsDirective(SphinxDirective):
-    """`{tprune-models}`: the zoo's unpruned test accuracies as the trade-offs chapter stored them."""
-
-    has_content = False
-
-    def run(self):
-        docs = getattr(self.env, "tprune_findings_docs", set())
-        docs.add(self.env.docname)
-        self.env.tprune_findings_docs = docs
-        return [models_placeholder()]
-
-
 class FindingsDirective(SphinxDirective):
     """`{tprune-findings}`: records the page as one that shows the table and leaves a placeholder there."""
 
     has_content = False
+    placeholder = findings_placeholder
 
     def run(self):
         docs = getattr(self.env, "tprune_findings_docs", set())
         docs.add(self.env.docname)
         self.env.tprune_findings_docs = docs
-        return [findings_placeholder()]
+        return [self.placeholder()]
+
+
+class ModelsDirective(FindingsDirective):
+    """`{tprune-models}`: the zoo's unpruned test accuracies as the trade-offs chapter stored them."""
+
+    placeholder = models_placeholder
 
 
 def purge(app, env, docname):
