@@ -31,30 +31,36 @@ import traceback
 from pathlib import Path
 
 
-# Before torch loads libgomp: waiting OpenMP threads sleep instead of spinning on cores other processes need.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from tprune_core.rules import BENCH_COMPILE, FIXED_BUDGET, OMP_WAITS, apply_omp_wait  # noqa: E402
+
+if __name__ == "__main__":   # libgomp reads its wait policy once, when torch loads: settle it before that
+    _early = argparse.ArgumentParser(add_help=False)
+    _early.add_argument("--omp-wait", default=None, choices=OMP_WAITS)
+    apply_omp_wait(_early.parse_known_args()[0].omp_wait)
 import pandas as pd  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from tprune_core.bench import _cpu_name, _device_name, bench_group, flat_row, resolve_linear  # noqa: E402
-from tprune_core.rules import BENCH_COMPILE, FIXED_BUDGET  # noqa: E402
 
-KEY = ["family", "size", "frames", "method", "keep_rate", "batch", "device", "threads", "dtype", "drop_loc", "mel",
-       "num_classes", "seed", "omp_wait_policy", "linear", "compile"]
+KEY = ["family", "size", "frames", "method", "keep_rate", "batch", "device", "device_name", "threads", "dtype",
+       "drop_loc", "mel", "num_classes", "seed", "omp_wait_policy", "linear", "compile"]   # one row per machine kind
 DEFAULTS = {"linear": "default", "compile": "none"}   # key columns rows of older runs lack: what those rows ran
 FRAMES = {64: 128, 256: 512, 512: 1024}          # patch tokens -> fbank frames (mel 128)
 RATES = (0.7, 0.5)
 ALL = [(m, k) for m in ("topk", "tome", "evit_fuse") for k in RATES]
 TOPK = [("topk", k) for k in RATES]
 STATIC = [(m, 0.5) for m in FIXED_BUDGET]          # every method with a static budget (all of them compile)
-GRIDS = ("full", "quick", "static")
+GRIDS = ("full", "quick", "static", "tokens")
 
 
 def grid(device: str, name: str, families) -> list[dict]:
     """Groups in priority order (the targets first): family, tokens, batch, configs, timing budget."""
     quick = name == "quick"
+    if name == "tokens":   # issue 19's targets: TopK 0.5, batch 1, 64 and 256 tokens (eager and compiled alike)
+        return [dict(family=f, tokens=t, batch=1, configs=[("topk", 0.5)], min_seconds=20 if t == 64 else 40,
+                     repeats=None) for t in (64, 256) for f in families]
     if name == "static":   # 256 tokens, batch 1, keep rate 0.5: the six static methods
         return [dict(family=f, tokens=256, batch=1, configs=STATIC, min_seconds=2 if device == "cuda" else 20,
                      repeats=None, warmup=10 if device == "cuda" else 2) for f in families]
@@ -118,13 +124,17 @@ def parse_args(argv):
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--grid", default="full", choices=GRIDS,
                    help="full: the whole grid; quick: a small one (minutes), e.g. to check the setup; static: "
-                        "256 tokens, batch 1, keep rate 0.5, the six static-budget methods")
+                        "256 tokens, batch 1, keep rate 0.5, the six static-budget methods; tokens: TopK 0.5, "
+                        "batch 1, 64 and 256 tokens (issue 19's targets)")
     p.add_argument("--quick", action="store_true", help="the same as --grid quick")
     p.add_argument("--compile", nargs="+", default=["none", "default"], choices=BENCH_COMPILE,
                    help="torch.compile modes to time, each a run of the grid (default: none default)")
     p.add_argument("--families", nargs="+", default=["audiomae", "ast"], choices=["audiomae", "ast"])
     p.add_argument("--size", default="base")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: 2 on cpu, torch's on cuda)")
+    p.add_argument("--omp-wait", default=None, choices=OMP_WAITS,
+                   help="OpenMP wait policy (default: $OMP_WAIT_POLICY if set, else active; passive on a machine "
+                        "busy with other work); a key column, so each policy has its own rows")
     p.add_argument("--deadline-s", type=float, default=None,
                    help="start no group after this many seconds (groups run whole; each is saved when done)")
     p.add_argument("--out", default=None, help="CSV path (default: $OUT/<device>_grid.csv if $OUT is set, "
@@ -141,8 +151,9 @@ def todo_configs(args, grp, mode, thread_col, done) -> tuple[str, list]:
     linear = resolve_linear(grp.get("linear", "auto"), args.device, dtype, mode)
     todo = [(m, k) for m, k in grp["configs"]
             if row_key(family=grp["family"], size=args.size, frames=FRAMES[grp["tokens"]], method=m, keep_rate=k,
-                       batch=grp["batch"], device=args.device, threads=thread_col, dtype=dtype, drop_loc="3 6 9",
-                       mel=128, num_classes=527, seed=0, omp_wait_policy=os.environ["OMP_WAIT_POLICY"],
+                       batch=grp["batch"], device=args.device, device_name=args.device_name, threads=thread_col,
+                       dtype=dtype, drop_loc="3 6 9",
+                       mel=128, num_classes=527, seed=0, omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "default"),
                        linear=linear, compile=mode)
             not in done]
     return linear, todo
@@ -188,14 +199,16 @@ def write_sidecar(args, out: Path, plan, thread_col, t0: float, added: int, skip
     import torch
     sidecar = out.with_suffix(".json")
     old = json.loads(sidecar.read_text()) if sidecar.exists() else {}
-    runs = old.get("runs", []) + [{"finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    runs = old.get("runs", []) + [{"finished": time.strftime("%Y-%m-%d %H:%M:%S"), "device_name": args.device_name,
+                                   "grid_name": args.grid,
                                    "seconds": round(time.time() - t0, 1), "rows_added": added,
                                    "groups_skipped_at_deadline": skipped, "groups_failed": failed,
                                    "compile": args.compile,
                                    "load_avg_end": [round(v, 2) for v in os.getloadavg()]}]
-    meta = {"csv": out.name, "device": args.device, "device_name": _device_name(torch.device(args.device)),
+    names = sorted(pd.read_csv(out).device_name.unique()) if out.exists() else [args.device_name]
+    meta = {"csv": out.name, "device": args.device, "device_name": " / ".join(names),
             "cpu_name": _cpu_name(), "cpus": os.cpu_count(), "threads": thread_col,
-            "omp_wait_policy": os.environ["OMP_WAIT_POLICY"], "torch": torch.__version__, "timm": timm.__version__,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "torch": torch.__version__, "timm": timm.__version__,
             "size": args.size, "grid_name": args.grid, "quick": args.grid == "quick", "compile": args.compile,
             "families": args.families, "key_columns": KEY,
             "grid": [{**g, "frames": FRAMES[g["tokens"]], "compile": mode} for g, mode in plan],
@@ -206,6 +219,7 @@ def write_sidecar(args, out: Path, plan, thread_col, t0: float, added: int, skip
 
 def main(argv=None):
     args = parse_args(argv)
+    args.omp_wait = apply_omp_wait(args.omp_wait)   # before torch loads libgomp
     name = f"{'cpu' if args.device == 'cpu' else 'gpu'}_grid{'_' + args.grid if args.grid == 'quick' else ''}.csv"
     out = Path(args.out) if args.out else (Path(os.environ["OUT"]) if os.environ.get("OUT") else
                                            REPO / "results" / "bench") / name
@@ -213,6 +227,7 @@ def main(argv=None):
     threads = args.threads if args.threads is not None else (2 if args.device == "cpu" else None)
     import torch
     thread_col = threads if threads is not None else torch.get_num_threads()
+    args.device_name = _device_name(torch.device(args.device))   # rows of another machine kind are not this one's
     done = done_keys(out)
     plan = runs(grid(args.device, args.grid, args.families), args.compile, args.device)
     t0, added, skipped, failed = time.time(), 0, 0, []

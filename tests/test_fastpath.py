@@ -352,21 +352,24 @@ def test_run_grid_plans_compile_modes_and_resumes(tmp_path, monkeypatch):
         "none", "default", "reduce-overhead"]
 
     calls = []
+    import torch
+    here = G._device_name(torch.device("cpu"))
 
     def fake_bench_group(family, size, frames, configs, **kw):
         calls.append((family, kw["compile"], kw["linear"], tuple(configs)))
         spread = {n: {"q25": 1.0, "q75": 1.0, "median": 1.0} for n in
                   ("full", "pruned", "kr1", "speedup_paired", "overhead_paired")}
         return [dict(family=family, size=size, frames=frames, tokens=256, method=m, keep_rate=k, batch=kw["batch"],
-                     device="cpu", threads=1, dtype="fp32", drop_loc=[3, 6, 9], mel=128, num_classes=527, seed=0,
-                     omp_wait_policy="PASSIVE", linear=kw["linear"], compile=kw["compile"], ms_full=2.0,
+                     device="cpu", device_name=here, threads=1, dtype="fp32", drop_loc=[3, 6, 9], mel=128,
+                     num_classes=527, seed=0, omp_wait_policy="PASSIVE", linear=kw["linear"], compile=kw["compile"], ms_full=2.0,
                      ms_pruned=1.0, speedup=2.0, mac_ratio=2.0, efficiency=1.0, overhead_at_kr1=0.0,
                      first_call_s_full=3.0, first_call_s_pruned=3.0, load_before=0.0, load_after=0.0,
                      spread=spread) for m, k in configs]
 
     monkeypatch.setattr(G, "bench_group", fake_bench_group)
     out = tmp_path / "grid.csv"
-    argv = ["--grid", "static", "--families", "ast", "--threads", "1", "--out", str(out)]
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")   # torch is loaded here: the policy it loaded with stands
+    argv = ["--grid", "static", "--families", "ast", "--threads", "1", "--out", str(out), "--omp-wait", "passive"]
     G.main(argv)
     assert [(c[1], c[2]) for c in calls] == [("none", "onednn"), ("default", "default")]
     df = pd.read_csv(out)
@@ -378,3 +381,10 @@ def test_run_grid_plans_compile_modes_and_resumes(tmp_path, monkeypatch):
     old = tmp_path / "old.csv"                         # rows from before the column: eager
     df.drop(columns="compile").to_csv(old, index=False)
     assert {k[-1] for k in G.done_keys(old)} == {"none"}
+    df.assign(device_name="Another CPU").to_csv(out, index=False)   # another machine kind's rows: not this one's
+    G.main(argv)
+    assert len(calls) == 4 and set(pd.read_csv(out).device_name) == {"Another CPU", here}
+    assert json.loads(out.with_suffix(".json").read_text())["runs"][-1]["device_name"] == here
+    tokens = G.grid("cpu", "tokens", ["ast", "audiomae"])
+    assert {(g["tokens"], g["batch"], tuple(g["configs"])) for g in tokens} == {
+        (64, 1, (("topk", 0.5),)), (256, 1, (("topk", 0.5),))} and len(tokens) == 4

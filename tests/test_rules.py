@@ -144,3 +144,35 @@ def test_cli_choices_are_the_rules(command, option, allowed):
         parser = next(a for a in parser._actions if a.choices and name in a.choices).choices[name]
     action = next(a for a in parser._actions if option in a.option_strings)
     assert tuple(action.choices) == tuple(allowed)
+
+
+def _policy_in_fresh_process(env_policy, choice):
+    """(returned policy, OMP_WAIT_POLICY afterwards) of apply_omp_wait in a Python that has not loaded torch."""
+    import os
+    code = ("import os, sys; from tprune_core.rules import apply_omp_wait; assert 'torch' not in sys.modules; "
+            f"r = apply_omp_wait({choice!r}); print(r, os.environ.get('OMP_WAIT_POLICY', 'unset'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if env_policy:
+        env["OMP_WAIT_POLICY"] = env_policy
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    return tuple(out)
+
+
+def test_omp_wait_is_set_before_torch_loads():
+    assert _policy_in_fresh_process(None, None) == ("active", "ACTIVE")          # the timing default
+    assert _policy_in_fresh_process("PASSIVE", None) == ("passive", "PASSIVE")   # a user's export wins
+    assert _policy_in_fresh_process("PASSIVE", "active") == ("active", "ACTIVE")  # an explicit choice wins
+    assert _policy_in_fresh_process("ACTIVE", "default") == ("default", "unset")  # libgomp's own
+
+
+def test_omp_wait_refuses_what_it_cannot_change(monkeypatch):
+    import torch  # noqa: F401  (loaded: libgomp has read its policy)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    assert rules.apply_omp_wait(None) == "passive" and rules.apply_omp_wait("passive") == "passive"
+    with pytest.raises(ConfigError, match="omp_wait.*already loaded.*'active'"):
+        rules.apply_omp_wait("active")
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    assert rules.apply_omp_wait(None) == "default"
+    with pytest.raises(ConfigError, match="omp_wait: expected one of"):
+        rules.apply_omp_wait("spin")

@@ -397,3 +397,45 @@ def load_grid(name: str, root=None):
     sidecar = path.with_suffix(".json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     return df, meta
+
+
+def short_device_name(name: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'Intel Xeon': a label short enough for a chart."""
+    for mark in ("(R)", "(TM)", " Processor", " CPU"):
+        name = name.replace(mark, "")
+    return " ".join(name.split()[:3]) if name.strip() else "unknown device"
+
+
+# Issue 19's efficiency targets on a CPU: batch 1, keep rate 0.5, ViT-B; patch tokens -> speed-up / MAC ratio.
+CPU_TARGETS = {64: 0.90, 256: 0.95}
+
+
+def target_table(grid):
+    """Batch-1 TopK 0.5 rows of a CPU grid as one row per (CPU, threads, wait policy, compile mode, linear layers,
+    family) and one efficiency column per token count, next to the targets (``CPU_TARGETS``)."""
+    import pandas as pd
+
+    g = grid[(grid.device == "cpu") & (grid.batch == 1) & (grid.method == "topk") & (grid.keep_rate == 0.5)
+             & grid.tokens.isin(list(CPU_TARGETS))].copy()
+    for column, value in (("compile", "none"), ("linear", "default"), ("omp_wait_policy", "default")):
+        g[column] = g[column].fillna(value) if column in g else value
+    g["cpu"] = g.device_name.map(short_device_name)
+    index = ["cpu", "threads", "omp_wait_policy", "compile", "linear", "family"]
+    table = g.pivot_table(index=index, columns="tokens", values="efficiency", aggfunc="median")
+    table.columns = [f"{t} tokens" for t in table.columns]
+    for t, target in CPU_TARGETS.items():
+        if f"{t} tokens" in table:
+            table[f"{t} tokens meets {target:.2f}"] = table[f"{t} tokens"] >= target
+    return table.reset_index().rename(columns={"omp_wait_policy": "OMP wait"}) if len(g) else pd.DataFrame()
+
+
+def load_profiles(root=None) -> list[dict]:
+    """The JSON summaries ``bench/cpu_profile.py`` writes beside its text reports (``results/bench/``), sorted by CPU
+    and token count: wall efficiency per linear backend, the linear layers' ceiling, memory bandwidth."""
+    import json
+
+    from .results import repo_root
+
+    base = Path(root) if root is not None else (repo_root() or Path.cwd()) / "results" / "bench"
+    found = [json.loads(p.read_text()) for p in sorted(base.glob("cpu_profile*.json"))]
+    return sorted(found, key=lambda d: (d["cpu_name"], d["tokens"], d.get("omp_wait_policy", "")))

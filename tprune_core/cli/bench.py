@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from ..rules import BENCH_COMPILE, BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, FAMILIES, LINEARS, SIZES
+from ..rules import (BENCH_COMPILE, BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, FAMILIES, LINEARS, OMP_WAITS, SIZES,
+                     apply_omp_wait)
 
 
 def add_parser(subparsers):
@@ -29,6 +30,10 @@ def add_parser(subparsers):
                    help="torch.compile mode of every timed model, unpruned and pruned alike (fullgraph; "
                         "reduce-overhead: CUDA graphs, cuda only). Each model's first call, which compiles it, is "
                         "reported apart and never timed with the rest")
+    p.add_argument("--omp-wait", default=None, choices=OMP_WAITS,
+                   help="OpenMP threads between operators (default: $OMP_WAIT_POLICY if set, else active): active "
+                        "spin, the lowest latency on an idle machine; passive sleep, for a machine busy with other "
+                        "work; default leaves libgomp's own (spin a while, then sleep)")
     p.add_argument("--drop-loc", type=int, nargs="+", default=list(DEFAULT_DROP_LOC))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
@@ -36,12 +41,7 @@ def add_parser(subparsers):
 
 
 def run(args):
-    import os
-    import sys
-    if "torch" not in sys.modules:
-        # On a shared machine, OpenMP threads that spin while waiting steal the cores the other thread needs
-        # (here: 1.5x slower and 3x noisier). libgomp reads this once, when torch loads it; a user setting wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    apply_omp_wait(args.omp_wait)   # before torch loads
     from ..bench import bench
     r = bench(args.family, args.size, args.frames, args.keep_rate, method=args.method, batch=args.batch,
               device=args.device, threads=args.threads, repeats=args.repeats, min_seconds=args.min_seconds,
