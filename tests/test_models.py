@@ -253,3 +253,31 @@ def test_checkpoint_errors(tmp_path):
 def test_stock_timm_classes():
     m = create_model("audiomae", "tiny", 32, 3)
     assert type(m.blocks[0]) is Block and type(m.blocks[0].attn) is Attention
+
+
+@pytest.mark.parametrize("family", ["ast", "audiomae"])
+def test_transfer_filter_stretches_position_embeddings_along_time_only(family):
+    from tprune_core.models import patch_grid, transfer_filter
+    short, long = create_model(family, "tiny", 32, 3), create_model(family, "tiny", 96, 7)
+    p = short.num_prefix_tokens
+    rows, cols = patch_grid(short)
+    bands, t_short = (rows, cols) if family == "ast" else (cols, rows)
+    # value = 10 * band + time index: bands must stay apart, time must stretch monotonically
+    band = torch.arange(bands).view(-1, 1).float().expand(bands, t_short)
+    time = torch.arange(t_short).view(1, -1).float().expand(bands, t_short)
+    grid = 10 * band + time                                   # (bands, t)
+    grid = grid if family == "ast" else grid.T                # model token order
+    pos = short.pos_embed.detach().clone()
+    pos[0, p:] = grid.reshape(-1, 1).expand(-1, pos.shape[-1])
+    state = dict(short.state_dict(), pos_embed=pos)
+    out = transfer_filter(state, long)
+    assert not any(k.startswith("head.") for k in out)
+    stretched = out["pos_embed"][0, p:, 0]
+    lrows, lcols = patch_grid(long)
+    g = stretched.reshape(lrows, lcols) if family == "ast" else stretched.reshape(lrows, lcols).T   # (bands, t)
+    assert g.shape == (bands, 6)
+    assert torch.allclose(g.floor() // 10, torch.arange(bands).view(-1, 1).float().expand_as(g))   # bands intact
+    assert (g[:, 1:] >= g[:, :-1]).all() and g[:, 0].eq(10 * torch.arange(bands)).all()
+    assert g[:, -1].eq(10 * torch.arange(bands) + t_short - 1).all()
+    assert torch.equal(out["pos_embed"][:, :p], pos[:, :p])
+    long.load_state_dict(out, strict=False)

@@ -436,3 +436,41 @@ def test_zoo_controls_and_reverse_direction(monkeypatch):
     assert {c.init for c in reverse if c.family == "audiomae"} == {"mae:" + maes[1].hash()} != {"mae:" + maes[0].hash()}
     base_hashes = {c.hash() for r, c in plan if r == "base"}
     assert not base_hashes & {c.hash() for c in reverse}
+
+
+def test_transfer_init_takes_all_but_the_head_from_another_datasets_run(tmp_cache):
+    parent = tiny_cfg(frames=32, epochs=1)
+    T.fit(parent, toy_set(16, 0), toy_set(8, 1, split="val"), run_dir_for(parent))
+    pmodel, _ = T.load_checkpoint(run_dir_for(parent))
+    child = tiny_cfg(frames=64, data_frames=None, init="transfer:" + parent.hash())
+    model = T.build_model(child, num_classes=5)        # other clip length, other classes
+    assert model.head.weight.shape[0] == 5
+    ps, cs = pmodel.state_dict(), model.state_dict()
+    assert torch.equal(cs["blocks.5.attn.qkv.weight"], ps["blocks.5.attn.qkv.weight"])
+    assert torch.equal(cs["patch_embed.proj.weight"], ps["patch_embed.proj.weight"])
+    p = model.num_prefix_tokens
+    assert cs["pos_embed"].shape[1] == p + 8 * 4 and ps["pos_embed"].shape[1] == p + 8 * 2
+    assert torch.equal(cs["pos_embed"][:, :p], ps["pos_embed"][:, :p])
+    with pytest.raises(CheckpointError, match="audiomae"):
+        T.build_model(tiny_cfg(family="audiomae", frames=64, data_frames=None, init="transfer:" + parent.hash()), 5)
+    with pytest.raises(ConfigError, match="init"):
+        tiny_cfg(init="borrow:" + parent.hash())
+
+
+def test_distillation_teaches_the_teachers_labels_not_the_data_ones(tmp_cache):
+    def shifted(ts):            # the same clips, every label moved to the next class
+        ts.y = (ts.y + 1) % 3
+        return ts
+    teacher = tiny_cfg(epochs=3, seed=1)
+    T.fit(teacher, shifted(toy_set(64, 0)), shifted(toy_set(24, 1, split="val")), run_dir_for(teacher))
+    student = tiny_cfg(epochs=3, teacher="run:" + teacher.hash(), distill=1.0)
+    assert student.hash() != tiny_cfg(epochs=3).hash()
+    s = T.fit(student, toy_set(64, 0), toy_set(24, 1, split="val"), run_dir_for(student))
+    assert s["val_accuracy"] < 0.2          # it learned the teacher's (shifted) labels: wrong on the true ones
+    model, _ = T.load_checkpoint(run_dir_for(student))
+    assert evaluate(model, shifted(toy_set(24, 1, split="val")))["accuracy"] > 0.8
+    with pytest.raises(CheckpointError, match="frames"):
+        T.fit(tiny_cfg(frames=16, teacher="run:" + teacher.hash()), toy_set(16, 0), toy_set(8, 1, split="val"),
+              tmp_cache / "x")
+    with pytest.raises(ConfigError, match="teacher"):
+        tiny_cfg(teacher="mae:" + teacher.hash())

@@ -202,8 +202,19 @@ def audiomae_checkpoint_filter(state: dict, model: AudioViT) -> dict:
     return out
 
 
+def transfer_filter(state: dict, model: AudioViT) -> dict:
+    """A supervised run of another dataset (same family and size) -> this model's keys, head left out (the classes
+    differ; it is trained anew). Position embeddings are cropped to a shorter time axis or linearly stretched to a
+    longer one, as AST stretches its ImageNet embeddings to the spectrogram's width."""
+    out = {k: v for k, v in state.items() if not k.startswith("head.")}
+    if "pos_embed" in out:
+        out["pos_embed"] = _crop_pos_embed(out["pos_embed"], model, mode="stretch")
+    return out
+
+
 def _crop_pos_embed(pos: torch.Tensor, model: AudioViT, mode: str) -> torch.Tensor:
-    """Cut a checkpoint's position embeddings down to the model's (shorter) time axis."""
+    """Cut a checkpoint's position embeddings down to the model's (shorter) time axis: from the ``centre``, from the
+    ``first`` row, or ``stretch`` them (linear interpolation along time) to any length."""
     want = model.pos_embed.shape[1]
     if pos.shape[1] == want:
         return pos
@@ -216,6 +227,13 @@ def _crop_pos_embed(pos: torch.Tensor, model: AudioViT, mode: str) -> torch.Tens
     if grid.shape[1] % bands:
         raise CheckpointError(f"pos_embed: {grid.shape[1]} patch positions do not tile {bands} frequency bands")
     t_ckpt = grid.shape[1] // bands
+    if mode == "stretch":
+        # (1, n, dim) -> (1, dim, bands, t) so that interpolate works on the time axis alone
+        g = grid.reshape(1, bands, t_ckpt, dim) if ast else grid.reshape(1, t_ckpt, bands, dim).transpose(1, 2)
+        g = nn.functional.interpolate(g.permute(0, 3, 1, 2), size=(bands, t_model), mode="bilinear",
+                                      align_corners=False).permute(0, 2, 3, 1)   # (1, bands, t_model, dim)
+        g = g if ast else g.transpose(1, 2)
+        return torch.cat([prefix, g.reshape(1, -1, dim)], dim=1)
     if t_ckpt < t_model:
         raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {t_model}")
     # AST's own centre: t_ckpt // 2 - t_model // 2 (differs from (t_ckpt - t_model) // 2 for an odd t_model).

@@ -51,13 +51,15 @@ from .evaluation import crop_frames, evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
 from .datasets import data_fingerprint
-from .models import create_model
+from .models import create_model, transfer_filter
 from .rules import FAMILIES, METHODS, PATCH, PRECISIONS, SIZES
 from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch, machine_info,
                       param_groups, read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
 # Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
 from .runtime import OPERATIONAL, lr_at, training_attention  # noqa: F401
 from .targets import criterion, hits, score_fields
+
+INIT_KINDS = ("mae", "run", "transfer")   # where a run's first weights come from (TrainConfig.init)
 
 
 @dataclass
@@ -84,6 +86,9 @@ class TrainConfig:
     time_mask: int = 20                  # widest time mask in frames (0 = off)
     drop_path: float = 0.1
     init: str | None = None              # None (from scratch) | "mae:<hash>" (MAE encoder) | "run:<hash>" (a run's best.pt)
+    #                                      | "transfer:<hash>" (a run of another dataset: all but its head)
+    teacher: str | None = None           # "run:<hash>": hard-label distillation from a finished run of the same data
+    distill: float = 0.5                 # weight of the teacher's labels in the loss (1 - distill: the true labels)
     prune_method: str | None = None      # pruning-aware fine-tuning with this method (see pruning.METHODS)
     keep_rate: float = 1.0               # target keep rate of the shrink
     drop_loc: tuple = (3, 6, 9)
@@ -150,10 +155,14 @@ def validate(cfg: TrainConfig):
     need(isinstance(cfg.augment_while_shrinking, bool), "augment_while_shrinking", "True or False")
     need(cfg.freq_mask >= 0 and cfg.time_mask >= 0, "freq_mask", "mask widths >= 0")
     need(0 <= cfg.drop_path < 1, "drop_path", "a number in [0, 1)")
-    need(cfg.init is None or (isinstance(cfg.init, str) and cfg.init.split(":", 1)[0] in ("mae", "run")
-                              and len(cfg.init.split(":", 1)) == 2), "init", "None, 'mae:<hash>' or 'run:<hash>'")
+    need(cfg.init is None or (isinstance(cfg.init, str) and cfg.init.split(":", 1)[0] in INIT_KINDS
+                              and len(cfg.init.split(":", 1)) == 2), "init",
+         "None, 'mae:<hash>', 'run:<hash>' or 'transfer:<hash>'")
     need(not (cfg.init or "").startswith("mae:") or cfg.family == "audiomae", "init",
          "MAE weights only for family='audiomae'")
+    need(cfg.teacher is None or (isinstance(cfg.teacher, str) and cfg.teacher.startswith("run:")
+                                 and len(cfg.teacher) > 4), "teacher", "None or 'run:<hash>'")
+    need(0 <= cfg.distill <= 1, "distill", "a number in [0, 1]")
     need(0 < cfg.keep_rate <= 1, "keep_rate", "a number in (0, 1]")
     need(cfg.prune_method is not None or cfg.keep_rate == 1.0, "keep_rate", "1.0 when prune_method is None")
     need(cfg.prune_hold_epochs >= 0 and cfg.prune_shrink_epochs >= 0 and (
@@ -234,6 +243,15 @@ def build_model(cfg: TrainConfig, num_classes: int):
     kind, ref = cfg.init.split(":", 1)
     if kind == "mae":
         load_encoder(model, zoo_root() / ref / "encoder.pt")
+    elif kind == "transfer":
+        parent = load_torch(_best_path(zoo_root() / ref))
+        pc = parent["config"]
+        if (pc["family"], pc["size"], pc["mel"]) != (cfg.family, cfg.size, cfg.mel):
+            raise CheckpointError(f"init={cfg.init}: parent run is {pc['family']}/{pc['size']}/{pc['mel']} mel, "
+                                  f"this config needs {cfg.family}/{cfg.size}/{cfg.mel}")
+        missing, unexpected = model.load_state_dict(transfer_filter(parent["model"], model), strict=False)
+        if unexpected or set(missing) != {"head.weight", "head.bias"}:
+            raise CheckpointError(f"init={cfg.init}: missing {missing}, unexpected {unexpected}")
     else:
         parent = load_torch(_best_path(zoo_root() / ref))
         pc = parent["config"]
@@ -314,6 +332,7 @@ class Supervised(Task):
         self.shrink = min(round(cfg.prune_shrink_epochs * self.steps_per_epoch), self.total - self.hold)  # no overrun
         self.kr, self.val, self.best = 1.0, None, None
         self.weight = class_weights(self.y, len(train_set.classes)).to(device) if cfg.class_balance else None
+        self.teacher = load_teacher(cfg, train_set.classes, device) if cfg.teacher else None
 
     def step(self, idx, step):
         cfg = self.cfg
@@ -337,6 +356,12 @@ class Supervised(Task):
             if mix:
                 loss = lam * loss + (1 - lam) * self.criterion(logits.float(), y[mate], weight=self.weight,
                                                                label_smoothing=cfg.label_smoothing)
+            if self.teacher is not None:
+                # DeiT's hard distillation: the teacher's top class on the very input the student sees
+                with torch.no_grad():
+                    taught = self.teacher(x).argmax(dim=1)
+                loss = (1 - cfg.distill) * loss + cfg.distill * self.criterion(
+                    logits.float(), taught, weight=self.weight, label_smoothing=cfg.label_smoothing)
         return loss, (loss.item() * len(idx), hits(logits, y), len(idx))
 
     def postfix(self, sums):
@@ -390,6 +415,17 @@ class Supervised(Task):
         return summary
 
 
+def load_teacher(cfg: TrainConfig, classes, device):
+    """The frozen teacher of a distilled run: a finished run (any family) of the same classes and input length."""
+    ref = cfg.teacher.split(":", 1)[1]
+    teacher, meta = load_checkpoint(zoo_root() / ref, device=device)
+    if list(meta["classes"]) != list(classes) or meta["config"]["frames"] != cfg.frames:
+        raise CheckpointError(f"teacher={cfg.teacher}: it reads {meta['config']['frames']} frames of classes "
+                              f"{meta['classes']}; this run needs {cfg.frames} frames of {list(classes)}")
+    apply_run_pruning(teacher, meta)
+    return teacher.eval().requires_grad_(False)
+
+
 def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
     """Train ``cfg`` on ``train_set``, select the epoch with the best accuracy on ``val_set``; resumable.
 
@@ -417,8 +453,11 @@ def train_run(cfg: TrainConfig) -> Path:
     run_dir = run_dir_for(cfg)
     if (run_dir / "train.json").is_file():
         return run_dir
-    if cfg.init and cfg.init.startswith("run:") and not (zoo_root() / cfg.init[4:] / "train.json").is_file():
+    if cfg.init and cfg.init.startswith(("run:", "transfer:")) and not (
+            zoo_root() / cfg.init.split(":", 1)[1] / "train.json").is_file():
         raise CheckpointError(f"init={cfg.init}: that run is not finished under {zoo_root()}")
+    if cfg.teacher and not (zoo_root() / cfg.teacher[4:] / "train.json").is_file():
+        raise CheckpointError(f"teacher={cfg.teacher}: that run is not finished under {zoo_root()}")
     if cfg.init and cfg.init.startswith("mae:") and not (zoo_root() / cfg.init[4:] / "encoder.pt").is_file():
         raise CheckpointError(f"init={cfg.init}: no pretrained encoder under {zoo_root() / cfg.init[4:]}")
     train_set = load_split(cfg, "train", cfg.progress)

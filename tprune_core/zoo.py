@@ -409,7 +409,7 @@ def _report_run(i, n, role, cfg, seconds):
 def _parent(cfg) -> str | None:
     """The run a config starts from (its MAE or its unpruned parent), which must be built first."""
     init = getattr(cfg, "init", None)
-    return init.split(":", 1)[1] if init and init.split(":", 1)[0] in ("mae", "run") else None
+    return init.split(":", 1)[1] if init and init.split(":", 1)[0] in ("mae", "run", "transfer") else None
 
 
 def _train_parallel(todo, done: set, jobs: int, n_plan: int):

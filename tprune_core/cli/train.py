@@ -43,15 +43,18 @@ def add_parser(subparsers):
     p.add_argument("--protocol", nargs="*", metavar="KEY=VALUE", help="dataset protocol, e.g. test_fold=10")
     p.add_argument("--profile", default=None, choices=ZOO_PROFILES,
                    help="start from the zoo profile's settings for this family/dataset (then apply the flags)")
-    p.add_argument("--pretrained", default=None, metavar="mae|mae:HASH|run:HASH",
-                   help="mae: the zoo's MAE encoder (pretrained first if missing); run:HASH: another run's weights")
+    p.add_argument("--pretrained", default=None, metavar="mae|mae:HASH|run:HASH|transfer:HASH",
+                   help="mae: the zoo's MAE encoder (pretrained first if missing); run:HASH: another run's weights; "
+                        "transfer:HASH: a run of another dataset, all but its head (position embeddings resized)")
     p.add_argument("--prune-method", default=None, help="pruning-aware fine-tuning with this method (e.g. topk)")
     p.add_argument("--keep-rate", type=float, default=None, help="target keep rate of the shrink")
     p.add_argument("--drop-loc", type=_drop_loc, default=None, help="drop blocks, e.g. 3,6,9")
     for name in ("frames", "data_frames", "epochs", "batch_size", "seed", "freq_mask", "time_mask", "threads",
                  "ckpt_every"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "drop_path",
+    p.add_argument("--teacher", default=None, metavar="run:HASH",
+                   help="hard-label distillation from a finished run of the same data (weight: --distill)")
+    for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "drop_path", "distill",
                  "prune_hold_epochs", "prune_shrink_epochs"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
     p.add_argument("--precision", default=None, choices=PRECISIONS)
@@ -102,7 +105,7 @@ def cmd_train(args):
     for name in ("frames", "data_frames", "epochs", "batch_size", "seed", "freq_mask", "time_mask", "threads",
                  "ckpt_every", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup",
                  "drop_path", "prune_hold_epochs", "prune_shrink_epochs", "precision", "device", "keep_rate",
-                 "drop_loc", "prune_method"):
+                 "drop_loc", "prune_method", "teacher", "distill"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
     kw.update(_pairs(args.set, "--set"))
