@@ -243,9 +243,10 @@ def build_model(cfg: TrainConfig, num_classes: int):
     kind, ref = cfg.init.split(":", 1)
     if kind == "mae":
         load_encoder(model, zoo_root() / ref / "encoder.pt")
-    elif kind == "transfer":
-        parent = load_torch(_best_path(zoo_root() / ref))
-        pc = parent["config"]
+        return model
+    parent = load_torch(_best_path(zoo_root() / ref))
+    pc = parent["config"]
+    if kind == "transfer":
         if (pc["family"], pc["size"], pc["mel"]) != (cfg.family, cfg.size, cfg.mel):
             raise CheckpointError(f"init={cfg.init}: parent run is {pc['family']}/{pc['size']}/{pc['mel']} mel, "
                                   f"this config needs {cfg.family}/{cfg.size}/{cfg.mel}")
@@ -253,8 +254,6 @@ def build_model(cfg: TrainConfig, num_classes: int):
         if unexpected or set(missing) != {"head.weight", "head.bias"}:
             raise CheckpointError(f"init={cfg.init}: missing {missing}, unexpected {unexpected}")
     else:
-        parent = load_torch(_best_path(zoo_root() / ref))
-        pc = parent["config"]
         if (pc["family"], pc["size"], pc["frames"], pc["mel"]) != (cfg.family, cfg.size, cfg.frames, cfg.mel):
             raise CheckpointError(f"init={cfg.init}: parent run is {pc['family']}/{pc['size']}/{pc['frames']} frames, "
                                   f"this config needs {cfg.family}/{cfg.size}/{cfg.frames}")

@@ -37,7 +37,7 @@ import time
 from .errors import ConfigError
 from .mae import MAEConfig, pretrain
 from .runtime import machine_info, read_json, zoo_root
-from .train import TrainConfig, load_checkpoint, test_run, train_run
+from .train import INIT_KINDS, TrainConfig, load_checkpoint, test_run, train_run
 
 # Everything below is plain data. "models" holds, per dataset, the TrainConfig fields shared by both families and
 # per family the fields that differ; "prune" the fine-tune settings layered over each base model's config.
@@ -407,9 +407,9 @@ def _report_run(i, n, role, cfg, seconds):
 
 
 def _parent(cfg) -> str | None:
-    """The run a config starts from (its MAE or its unpruned parent), which must be built first."""
+    """The run a config starts from (its MAE, its unpruned parent or a transfer source), which must be built first."""
     init = getattr(cfg, "init", None)
-    return init.split(":", 1)[1] if init and init.split(":", 1)[0] in ("mae", "run", "transfer") else None
+    return init.split(":", 1)[1] if init and init.split(":", 1)[0] in INIT_KINDS else None
 
 
 def _train_parallel(todo, done: set, jobs: int, n_plan: int):
