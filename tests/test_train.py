@@ -273,7 +273,13 @@ def test_full_zoo_plan_matches_the_issue():
         groups.setdefault((c.family, c.dataset), set()).add(c.seed)
         assert c.keep_rate == 1.0 and c.prune_method is None
         assert c.size == "tiny" and c.mel == 128 and c.frames % 16 == 0          # 12 blocks, 16x16 patches
-        assert c.init == ("mae:" + mae.hash() if c.family == "audiomae" else None)
+        if c.family == "audiomae":
+            assert c.init == "mae:" + mae.hash()
+        elif c.dataset == "urbansound8k":   # AST-style: from the Speech Commands AST-style model of its seed
+            source = zoo.base_config("full", "ast", "speechcommands", c.seed)
+            assert c.init == "transfer:" + source.hash() and source.init is None
+        else:
+            assert c.init is None          # AST-style Speech Commands: from scratch
     assert set(groups) == {(f, d) for f in ("ast", "audiomae") for d in ("speechcommands", "urbansound8k")}
     assert all(len(s) >= 3 for s in groups.values())
     assert {c.frames for c in base if c.dataset == "urbansound8k"} == {400}                   # whole 4 s clips
@@ -289,6 +295,18 @@ def test_full_zoo_plan_matches_the_issue():
         assert (parent.family, parent.dataset, parent.frames, parent.seed) == (c.family, c.dataset, c.frames, c.seed)
     # every base model is fine-tuned at both keep rates (the chapters need >= 3 seeds on every point)
     assert sorted((c.init[4:], c.keep_rate) for c in prune) == sorted((h, k) for h in hashes for k in (0.7, 0.5))
+
+
+def test_zoo_transfer_from_names_another_dataset(monkeypatch):
+    from tprune_core import zoo
+    spec = zoo._deep_update(zoo.ZOO["full"], {})
+    monkeypatch.setitem(zoo.ZOO, "full", spec)
+    spec["datasets"]["urbansound8k"]["family_overrides"]["ast"]["transfer_from"] = "urbansound8k"
+    with pytest.raises(ConfigError, match=r"urbansound8k.transfer_from='urbansound8k': expected another dataset"):
+        zoo.base_config("full", "ast", "urbansound8k", 0)
+    spec["datasets"]["urbansound8k"]["family_overrides"]["ast"]["transfer_from"] = "esc50"
+    with pytest.raises(ConfigError, match=r"expected another dataset of \['speechcommands', 'urbansound8k'\]"):
+        zoo.base_config("full", "ast", "urbansound8k", 1)
 
 
 def test_zoo_entries_select_roles_and_name_what_is_missing(tmp_cache):
