@@ -357,10 +357,19 @@ def test_parallel_zoo_waits_for_parents():
     from tprune_core import zoo
     plan = zoo.zoo_plan("full")
     hashes = {c.hash() for _, c in plan}
-    parents = {zoo._parent(c) for _, c in plan} - {None}
+    parents = {p for _, c in plan for p in zoo._parents(c)}
     assert parents <= hashes   # every parent is in the plan: the scheduler can always make progress
     mae = next(c for r, c in plan if r == "mae")
-    assert {zoo._parent(c) for r, c in plan if r == "base" and c.family == "audiomae"} == {mae.hash()}
+    assert {p for r, c in plan if r == "base" and c.family == "audiomae" for p in zoo._parents(c)} == {mae.hash()}
+    # a distilled run waits for its teacher as well as for the run it starts from
+    student = zoo.base_config("full", "ast", "urbansound8k", 0, teacher="run:abc123")
+    assert zoo._parents(student) == [zoo.base_config("full", "ast", "speechcommands", 0).hash(), "abc123"]
+
+
+def test_a_teacher_needs_a_distillation_weight():
+    with pytest.raises(ConfigError, match=r"TrainConfig.distill: expected > 0 when a teacher is given"):
+        T.TrainConfig(teacher="run:abc123", distill=0.0)
+    assert T.TrainConfig(teacher=None, distill=0.0).distill == 0.0
 
 
 # ------------------------------------------------------------------------------------------- recipe knobs

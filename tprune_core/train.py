@@ -163,6 +163,7 @@ def validate(cfg: TrainConfig):
     need(cfg.teacher is None or (isinstance(cfg.teacher, str) and cfg.teacher.startswith("run:")
                                  and len(cfg.teacher) > 4), "teacher", "None or 'run:<hash>'")
     need(0 <= cfg.distill <= 1, "distill", "a number in [0, 1]")
+    need(cfg.teacher is None or cfg.distill > 0, "distill", "> 0 when a teacher is given (at 0 it would run unused)")
     need(0 < cfg.keep_rate <= 1, "keep_rate", "a number in (0, 1]")
     need(cfg.prune_method is not None or cfg.keep_rate == 1.0, "keep_rate", "1.0 when prune_method is None")
     need(cfg.prune_hold_epochs >= 0 and cfg.prune_shrink_epochs >= 0 and (

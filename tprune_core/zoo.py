@@ -425,10 +425,12 @@ def _report_run(i, n, role, cfg, seconds):
           + (f" keep {e['keep_rate']}" if role == "prune" else "") + f"  {seconds:.0f}s{acc}", file=sys.stderr)
 
 
-def _parent(cfg) -> str | None:
-    """The run a config starts from (its MAE, its unpruned parent or a transfer source), which must be built first."""
+def _parents(cfg) -> list:
+    """The runs a config needs built first: its MAE, unpruned parent or transfer source (``init``) and its teacher."""
     init = getattr(cfg, "init", None)
-    return init.split(":", 1)[1] if init and init.split(":", 1)[0] in INIT_KINDS else None
+    out = [init.split(":", 1)[1]] if init and init.split(":", 1)[0] in INIT_KINDS else []
+    teacher = getattr(cfg, "teacher", None)
+    return out + ([teacher.split(":", 1)[1]] if teacher else [])
 
 
 def _train_parallel(todo, done: set, jobs: int, n_plan: int):
@@ -439,13 +441,13 @@ def _train_parallel(todo, done: set, jobs: int, n_plan: int):
     # spawn, not fork: a forked child inherits torch's thread pools and can deadlock in them
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         while waiting or running:
-            for role, cfg in [rc for rc in waiting if _parent(rc[1]) in (None, *done)][:jobs - len(running)]:
+            for role, cfg in [rc for rc in waiting if set(_parents(rc[1])) <= done][:jobs - len(running)]:
                 waiting.remove((role, cfg))
                 running[pool.submit(_train_one, role, cfg)] = (role, cfg)
                 print(f"[zoo] started {role} {cfg.hash()} ({getattr(cfg, 'family', 'mae')}/"
                       f"{getattr(cfg, 'dataset', '')} seed {cfg.seed})", file=sys.stderr)
             if not running:
-                stuck = ", ".join(f"{r} {c.hash()} needs {_parent(c)}" for r, c in waiting[:3])
+                stuck = ", ".join(f"{r} {c.hash()} needs {' and '.join(_parents(c))}" for r, c in waiting[:3])
                 raise ConfigError(f"zoo: runs wait for parents that are not in the plan: {stuck}")
             ready, _ = wait(running, return_when=FIRST_COMPLETED)
             for fut in ready:
