@@ -501,3 +501,25 @@ def test_distillation_teaches_the_teachers_labels_not_the_data_ones(tmp_cache):
               tmp_cache / "x")
     with pytest.raises(ConfigError, match="teacher"):
         tiny_cfg(teacher="mae:" + teacher.hash())
+
+
+def test_architecture_options_build_train_reload_and_guard_their_inits(tmp_cache):
+    """qk_norm / layer_scale: off by default (old hashes, stock blocks), real timm modules when on, rebuilt by
+    load_checkpoint, refused with MAE weights (whose encoder has neither)."""
+    assert T.TrainConfig(epochs=2).hash() == T.TrainConfig(epochs=2, qk_norm=False, layer_scale=None).hash()
+    assert len({T.TrainConfig(epochs=2).hash(), T.TrainConfig(epochs=2, qk_norm=True).hash(),
+                T.TrainConfig(epochs=2, layer_scale=1e-4).hash()}) == 3
+    cfg = tiny_cfg(epochs=1, qk_norm=True, layer_scale=0.1)
+    model = T.build_model(cfg, 3)
+    attn = model.blocks[0].attn
+    assert isinstance(attn.q_norm, torch.nn.LayerNorm) and isinstance(attn.k_norm, torch.nn.LayerNorm)
+    assert torch.allclose(model.blocks[0].ls1.gamma, torch.full((model.embed_dim,), 0.1))
+    T.fit(cfg, toy_set(16, 0), toy_set(8, 1, split="val"), run_dir_for(cfg))
+    reloaded, _ = T.load_checkpoint(run_dir_for(cfg))
+    assert "blocks.0.attn.q_norm.weight" in reloaded.state_dict() and "blocks.0.ls2.gamma" in reloaded.state_dict()
+    with pytest.raises(ConfigError, match="qk_norm"):
+        T.TrainConfig(family="audiomae", init="mae:abc", qk_norm=True)
+    with pytest.raises(ConfigError, match="layer_scale"):
+        T.TrainConfig(layer_scale=0)
+    with pytest.raises(ConfigError, match="qk_norm"):
+        T.TrainConfig(qk_norm=1)

@@ -85,6 +85,8 @@ class TrainConfig:
     freq_mask: int = 24                  # SpecAugment: widest frequency mask in mel bins (0 = off)
     time_mask: int = 20                  # widest time mask in frames (0 = off)
     drop_path: float = 0.1
+    qk_norm: bool = False                # LayerNorm on queries and keys per head (timm qk_norm): steadier from scratch
+    layer_scale: float | None = None     # LayerScale init value per residual branch (timm init_values); None = off
     init: str | None = None              # None (from scratch) | "mae:<hash>" (MAE encoder) | "run:<hash>" (a run's best.pt)
     #                                      | "transfer:<hash>" (a run of another dataset: all but its head)
     teacher: str | None = None           # "run:<hash>": hard-label distillation from a finished run of the same data
@@ -151,6 +153,9 @@ def validate(cfg: TrainConfig):
     need(0 <= cfg.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
     need(cfg.mixup >= 0, "mixup", ">= 0")
     need(isinstance(cfg.class_balance, bool), "class_balance", "True or False")
+    need(isinstance(cfg.qk_norm, bool), "qk_norm", "True or False")
+    need(cfg.layer_scale is None or (isinstance(cfg.layer_scale, (int, float)) and cfg.layer_scale > 0),
+         "layer_scale", "None or a number > 0")
     need(isinstance(cfg.time_shift, int) and cfg.time_shift >= 0, "time_shift", "an int >= 0")
     need(isinstance(cfg.augment_while_shrinking, bool), "augment_while_shrinking", "True or False")
     need(cfg.freq_mask >= 0 and cfg.time_mask >= 0, "freq_mask", "mask widths >= 0")
@@ -160,6 +165,8 @@ def validate(cfg: TrainConfig):
          "None, 'mae:<hash>', 'run:<hash>' or 'transfer:<hash>'")
     need(not (cfg.init or "").startswith("mae:") or cfg.family == "audiomae", "init",
          "MAE weights only for family='audiomae'")
+    need(not (cfg.init or "").startswith("mae:") or (not cfg.qk_norm and cfg.layer_scale is None), "init",
+         "MAE weights only for the stock blocks (qk_norm=False, layer_scale=None): the MAE encoder has neither")
     need(cfg.teacher is None or (isinstance(cfg.teacher, str) and cfg.teacher.startswith("run:")
                                  and len(cfg.teacher) > 4), "teacher", "None or 'run:<hash>'")
     need(0 <= cfg.distill <= 1, "distill", "a number in [0, 1]")
@@ -236,9 +243,15 @@ def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return w.float()
 
 
+def architecture(cfg: TrainConfig) -> dict:
+    """The timm ViT options a config adds to the stock blocks (none by default: official checkpoints load as is)."""
+    return {"qk_norm": cfg.qk_norm, "init_values": cfg.layer_scale}
+
+
 def build_model(cfg: TrainConfig, num_classes: int):
     """The config's model, initialized from scratch, from an MAE encoder or from another run's selected weights."""
-    model = create_model(cfg.family, cfg.size, cfg.frames, num_classes, mel=cfg.mel, drop_path_rate=cfg.drop_path)
+    model = create_model(cfg.family, cfg.size, cfg.frames, num_classes, mel=cfg.mel, drop_path_rate=cfg.drop_path,
+                         **architecture(cfg))
     if cfg.init is None:
         return model
     kind, ref = cfg.init.split(":", 1)
@@ -284,7 +297,7 @@ def load_checkpoint(path, device="cpu"):
         if key not in ck:
             raise CheckpointError(f"{_best_path(p)}: not a tprune training checkpoint (no {key!r})")
     cfg = TrainConfig.from_dict(ck["config"])
-    model = create_model(cfg.family, cfg.size, cfg.frames, len(ck["classes"]), mel=cfg.mel)
+    model = create_model(cfg.family, cfg.size, cfg.frames, len(ck["classes"]), mel=cfg.mel, **architecture(cfg))
     model.load_state_dict(ck["model"])
     model.eval()
     meta = {k: v for k, v in ck.items() if k != "model"}
