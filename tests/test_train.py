@@ -523,3 +523,18 @@ def test_architecture_options_build_train_reload_and_guard_their_inits(tmp_cache
         T.TrainConfig(layer_scale=0)
     with pytest.raises(ConfigError, match="qk_norm"):
         T.TrainConfig(qk_norm=1)
+
+
+def test_long_zoo_gives_layer_scale_to_the_ast_style_models_only():
+    """The long profile's one recipe change: LayerScale on every AST-style model (the Speech Commands ones and the
+    UrbanSound8K ones that start from them, so the transferred weights fit), never on the MAE-initialised family,
+    and the full profile (the one results/ come from) untouched."""
+    from tprune_core import zoo
+    for role, cfg in zoo.zoo_plan("long"):
+        if role == "mae":
+            continue
+        assert cfg.layer_scale == (0.1 if cfg.family == "ast" else None), (role, cfg.family, cfg.dataset)
+        if cfg.family == "ast" and cfg.dataset == "urbansound8k" and role == "base":
+            source = zoo.base_config("long", "ast", "speechcommands", cfg.seed)
+            assert cfg.init == "transfer:" + source.hash() and source.layer_scale == 0.1
+    assert all(cfg.layer_scale is None for role, cfg in zoo.zoo_plan("full") if role != "mae")
