@@ -525,16 +525,27 @@ def test_architecture_options_build_train_reload_and_guard_their_inits(tmp_cache
         T.TrainConfig(qk_norm=1)
 
 
-def test_long_zoo_gives_layer_scale_to_the_ast_style_models_only():
-    """The long profile's one recipe change: LayerScale on every AST-style model (the Speech Commands ones and the
-    UrbanSound8K ones that start from them, so the transferred weights fit), never on the MAE-initialised family,
-    and the full profile (the one results/ come from) untouched."""
+@pytest.mark.parametrize("profile", ["full", "long"])
+def test_zoo_gives_layer_scale_to_the_ast_style_models_only(profile):
+    """LayerScale on every AST-style model (the Speech Commands ones and the UrbanSound8K ones that start from them,
+    so the transferred weights fit), never on the MAE-initialised family."""
     from tprune_core import zoo
-    for role, cfg in zoo.zoo_plan("long"):
+    for role, cfg in zoo.zoo_plan(profile):
         if role == "mae":
             continue
         assert cfg.layer_scale == (0.1 if cfg.family == "ast" else None), (role, cfg.family, cfg.dataset)
         if cfg.family == "ast" and cfg.dataset == "urbansound8k" and role == "base":
-            source = zoo.base_config("long", "ast", "speechcommands", cfg.seed)
+            source = zoo.base_config(profile, "ast", "speechcommands", cfg.seed)
             assert cfg.init == "transfer:" + source.hash() and source.layer_scale == 0.1
-    assert all(cfg.layer_scale is None for role, cfg in zoo.zoo_plan("full") if role != "mae")
+
+
+def test_full_zoo_base_hashes_are_pinned(data_root):
+    """The released models are found by these run hashes (zoo/full/manifest.json): a change of code that moved
+    them would orphan the release. The AST-style speech ones are the LayerScale screens L6 of the lab notebook."""
+    from tprune_core import zoo
+    got = [(role, cfg.hash()) for role, cfg in zoo.zoo_plan("full") if role in ("mae", "base")]
+    assert got == [("mae", "8f8bdcce8366"),
+                   ("base", "2370349c00b0"), ("base", "32fbf52cc99d"), ("base", "f068b5a0b83a"),
+                   ("base", "048eace16353"), ("base", "56355f1c3d10"), ("base", "294580c4a899"),
+                   ("base", "03100bbefcd0"), ("base", "b5d9762a6265"), ("base", "ff8651b3ef35"),
+                   ("base", "5182137defb5"), ("base", "fe3f7d65b2e9"), ("base", "2b850b8b1bbf")]
