@@ -229,3 +229,51 @@ def make_mixtures(root, name="mixtures", per_pair=12, seconds=0.5, columns="spli
     if index == "classes":
         (folder / "classes.csv").write_text("index,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(MIX_SOURCES)))
     return folder
+
+
+# ------------------------------------------------------------------ MP3 data inside a .wav
+
+def write_mp3_in_wav(path, seconds=1.0, sr=16000, freq=440.0):
+    """A .wav holding MP3 frames (format tag 0x55), as some sound libraries ship them, without the LAME/Xing info
+    frame that tells a decoder the encoder's delay and padding: libsndfile then estimates the length from the
+    stream and decodes 100-400 samples fewer. Needs libsndfile's MP3 encoder (skips the test otherwise)."""
+    import io
+    import struct
+
+    import numpy as np
+    import soundfile as sf
+    if "MP3" not in sf.available_formats():
+        pytest.skip("this libsndfile cannot encode MP3")
+    t = np.arange(int(seconds * sr)) / sr
+    buf = io.BytesIO()
+    sf.write(buf, 0.3 * np.sin(2 * np.pi * freq * t), sr, format="MP3", bitrate_mode="CONSTANT",
+             compression_level=0.5)   # constant bitrate: libsndfile's length estimate is then close, not wild
+    frames = _mp3_frames(buf.getvalue())
+    if b"Xing" in frames[0] or b"Info" in frames[0]:
+        frames = frames[1:]
+    data = b"".join(frames)
+    per_frame = 1152 if sr > 24000 else 576
+    # WAVEFORMATEX + MPEGLAYER3WAVEFORMAT (id 1, padding flag 2, block size, 1 frame per block, codec delay 1393)
+    fmt = struct.pack("<HHIIHH", 0x55, 1, sr, len(data) * sr // (len(frames) * per_frame), 1, 0)
+    fmt += struct.pack("<HHIHHH", 12, 1, 2, len(frames[0]), 1, 1393)
+    body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt + b"fact" + struct.pack("<II", 4, len(t))
+    body += b"data" + struct.pack("<I", len(data)) + data + b"\0" * (len(data) % 2)
+    Path(path).write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def _mp3_frames(mp3: bytes) -> list:
+    """The MPEG-1/2 layer III frames of an MP3 stream (after any ID3v2 tag), split by their headers' lengths."""
+    kbps = {3: (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+            2: (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)}
+    rates = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+    i = 10 + ((mp3[6] << 21) | (mp3[7] << 14) | (mp3[8] << 7) | mp3[9]) if mp3[:3] == b"ID3" else 0
+    frames = []
+    while i + 4 <= len(mp3):
+        h = int.from_bytes(mp3[i:i + 4], "big")
+        version = (h >> 19) & 3
+        bitrate = kbps[3 if version == 3 else 2][(h >> 12) & 15] * 1000
+        size = (144 if version == 3 else 72) * bitrate // rates[version][(h >> 10) & 3] + ((h >> 9) & 1)
+        frames.append(mp3[i:i + size])
+        i += size
+    return frames

@@ -1,5 +1,6 @@
 """load_audio: supported formats give the right samples; every kind of bad file gives an AudioError naming it."""
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -7,7 +8,8 @@ import soundfile as sf
 import torch
 import torchaudio.functional as AF
 
-from tprune_core.audio import load_audio
+from conftest import write_mp3_in_wav
+from tprune_core.audio import ShortDecodeWarning, check_decoded_length, load_audio
 from tprune_core.errors import AudioError, TpruneError
 
 SR = 16000
@@ -125,6 +127,13 @@ def test_non_finite_samples(tmp_path, value, word):
     assert word in problem and "3" in problem
 
 
+def test_one_nan_is_one_sample(tmp_path):
+    x = sine()
+    x[7] = np.nan
+    sf.write(str(tmp_path / "one.wav"), x, SR, subtype="FLOAT")
+    assert _err(tmp_path / "one.wav").startswith("1 NaN sample and 0 infinite samples;")
+
+
 def test_zero_length_audio(tmp_path):
     sf.write(str(tmp_path / "none.wav"), np.zeros(0), SR, subtype="PCM_16")
     assert os.path.getsize(tmp_path / "none.wav") > 0  # a valid header, no samples
@@ -134,3 +143,48 @@ def test_zero_length_audio(tmp_path):
 def test_synthetic_path_points_to_the_dataset():
     with pytest.raises(AudioError, match="load_dataset"):
         load_audio("synthetic://speech/seed0/3")
+
+
+# ------------------------------------------------------------------ decoded a little short of the header
+
+@pytest.mark.parametrize("sr,seconds", [(16000, 0.42), (22050, 1.0), (44100, 2.0)])
+def test_mp3_in_wav_a_little_short_loads_with_a_warning_naming_it(tmp_path, sr, seconds):
+    """MP3 data in a .wav decodes a few hundred samples short of the length libsndfile declares; it was refused as
+    a "truncated file" though the audio is whole."""
+    path = write_mp3_in_wav(tmp_path / f"bird_{sr}.wav", seconds, sr)
+    with sf.SoundFile(str(path)) as f:
+        declared, decoded = f.frames, len(f.read())
+    assert 0 < declared - decoded < 500                       # the case this tolerance is for
+    with pytest.warns(ShortDecodeWarning, match=rf"{path}: decoded {decoded} frames, {declared - decoded} "):
+        wave = load_audio(path, sample_rate=sr)
+    assert wave.numel() == decoded and torch.isfinite(wave).all()
+    assert abs(np.argmax(np.abs(np.fft.rfft(wave.numpy()))) * sr / wave.numel() - 440) < 5   # the tone is there
+
+
+@pytest.mark.parametrize("declared,decoded,accepted", [
+    (16000, 16000 - 420, True),        # the MP3-in-WAV shortfall
+    (16000, 16000 - 2304, True),       # up to two MP3 frames ...
+    (16000, 16000 - 2305, False),
+    (200000, 200000 - 10000, True),    # ... or 5% of a long file
+    (200000, 200000 - 10001, False),
+    (4000, 4000 - 1000, True),         # but never more than a quarter of a short one
+    (4000, 4000 - 1001, False),
+    (16000, 8000, False),              # half the clip: a truncated file
+])
+def test_short_decode_tolerance(tmp_path, declared, decoded, accepted):
+    path = tmp_path / "clip.wav"
+    if accepted:
+        with pytest.warns(ShortDecodeWarning, match=str(path)):
+            check_decoded_length(path, declared, decoded)
+    else:
+        with pytest.raises(AudioError, match=rf"{path}: truncated file: the header declares {declared} frames but "
+                                             rf"only {decoded} could be read"):
+            check_decoded_length(path, declared, decoded)
+
+
+def test_a_clip_as_long_as_its_header_gives_no_warning(tmp_path):
+    sf.write(str(tmp_path / "ok.wav"), sine(), SR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_audio(tmp_path / "ok.wav")
+        check_decoded_length(tmp_path / "ok.wav", 100, 100)

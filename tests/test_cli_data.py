@@ -50,11 +50,11 @@ def test_list_unknown_folder_is_an_error(capsys, tmp_path):
 
 def test_check_good_and_bad(capsys, fake_esc50):
     code, out, _ = run(capsys, "data", "check", "esc50", "--root", str(fake_esc50))
-    assert code == 0 and "0 problem(s)" in out and "read 10 of 10 files" in out
+    assert code == 0 and "\n0 problems\n" in out and "read 10 of 10 files" in out
     bad = load_dataset("esc50", fake_esc50, "all")[4].path
     open(bad, "wb").write(b"\x00garbage" * 20)
     code, out, _ = run(capsys, "data", "check", "esc50", "--root", str(fake_esc50))
-    assert code == 1 and "1 problem(s)" in out and bad in out
+    assert code == 1 and "\n1 problem\n" in out and bad in out
 
 
 def test_featurize_with_skip_lists_the_skipped_file(capsys, tmp_cache, fake_esc50):
@@ -89,7 +89,7 @@ def test_folder_dataset_listed_checked_and_featurized(capsys, tmp_cache, tmp_pat
     code, out, _ = run(capsys, "data", "list")
     assert code == 0 and f"{folder}  [train=12 val=3 test=3]" in out and "metadata.csv with columns" in out
     code, out, _ = run(capsys, "data", "check", "birds")
-    assert code == 0 and "read 18 of 18 files" in out and "0 problem(s)" in out and "median of 18 clips" in out
+    assert code == 0 and "read 18 of 18 files" in out and "\n0 problems\n" in out and "median of 18 clips" in out
     code, out, _ = run(capsys, "data", "featurize", str(folder), "--split", "train")
     assert code == 0 and "12 clips x 64 frames x 128 mel" in out
 
@@ -100,8 +100,8 @@ def test_check_lists_every_failing_file(capsys, tmp_path):
     sf.write(str(tiny), np.array([0.1]), 16000)        # reads fine, but is shorter than one fbank window
     junk.write_bytes(b"\x00garbage" * 20)
     code, out, _ = run(capsys, "data", "check", str(folder))
-    assert code == 1 and "2 problem(s)" in out and "read 18 of 20 files" in out
-    assert f"problem: {tiny}: 1 samples" in out and f"problem: {junk}: not an audio file" in out
+    assert code == 1 and "\n2 problems\n" in out and "read 18 of 20 files" in out
+    assert f"problem: {tiny}: 1 sample at 16000 Hz" in out and f"problem: {junk}: not an audio file" in out
 
 
 def test_check_names_a_missing_listed_file(capsys, tmp_path):

@@ -176,13 +176,13 @@ def test_metadata_split_column_is_used_and_checked(tmp_path):
 def test_metadata_errors_name_the_file(tmp_path):
     folder = make_grouped(tmp_path / "pets", sources=3, per_source=1)
     (folder / "clips" / "meow1_0.wav").unlink()
-    with pytest.raises(DatasetError, match=r"1 files listed in .*metadata.csv are missing.*meow1_0.wav"):
+    with pytest.raises(DatasetError, match=r"1 file listed in .*metadata.csv is missing: .*meow1_0.wav"):
         load_dataset(folder, split="train")
     write_csv(folder, ["file,category", "clips/bark0_0.wav,bark"])
     with pytest.raises(DatasetError, match=r"metadata.csv has columns \['category', 'file'\], not file,label"):
         load_dataset(folder, split="train")
     write_csv(folder, ["file,label", "clips/bark0_0.wav,bark", "clips/bark1_0.wav,bark"])
-    with pytest.raises(DatasetError, match=r"metadata.csv: 1 class\(es\) \['bark'\]; expected at least two"):
+    with pytest.raises(DatasetError, match=r"metadata.csv: 1 class found \(bark\); need at least 2 labels"):
         load_dataset(folder, split="train")
 
 
@@ -203,6 +203,33 @@ def test_bad_folders_are_named(tmp_path):
         load_dataset("birdz", root=tmp_path / "x")
 
 
+def test_a_folder_with_one_class_says_so_in_one_line(tmp_path):
+    folder = make_class_folders(tmp_path, classes=("owl",))
+    with pytest.raises(DatasetError) as info:
+        load_dataset(folder)
+    assert str(info.value).startswith(f"{folder}: 1 class folder found (owl); need at least 2 (")
+    assert len(str(info.value)) < 200 and "matches no dataset layout" not in str(info.value)
+    (folder / "wren").mkdir()                                      # a second class folder, but empty
+    with pytest.raises(DatasetError, match=r"1 class folder found \(owl\); need at least 2; wren holds no audio"):
+        load_dataset(folder)
+
+
+def test_counts_in_messages_agree_with_their_nouns(tmp_path):
+    folder = make_grouped(tmp_path / "pets", sources=3, per_source=1)
+    for gone in ("bark0_0", "meow1_0"):
+        (folder / "clips" / f"{gone}.wav").unlink()
+    with pytest.raises(DatasetError, match=r"2 files listed in .*metadata.csv are missing, e.g. \["):
+        load_dataset(folder)
+    birds = make_class_folders(tmp_path / "b")
+    write_tone(birds / "stray.wav")
+    with pytest.warns(UserWarning, match="1 audio file lies outside any class folder and is not used"):
+        one = load_dataset(birds, split="train").subset([0])
+    assert "1 clip, 3 classes" in one.describe()
+    write_tone(birds / "stray2.wav")
+    with pytest.warns(UserWarning, match="2 audio files lie outside any class folder and are not used"):
+        load_dataset(birds, split="train")
+
+
 def test_a_path_to_a_builtin_layout_loads_that_dataset(tmp_path):
     us8k = make_us8k(tmp_path, folds=(1, 2))
     with warnings.catch_warnings():
@@ -217,7 +244,7 @@ def test_one_sample_wav_is_named_by_load_features(tmp_cache, tmp_path):
     folder = make_class_folders(tmp_path)
     tiny = folder / "owl" / "tiny.wav"
     sf.write(str(tiny), np.array([0.1]), 16000)
-    with pytest.raises(AudioError, match=f"{tiny}: 1 samples at 16000 Hz is shorter than one 25 ms"):
+    with pytest.raises(AudioError, match=f"{tiny}: 1 sample at 16000 Hz is shorter than one 25 ms"):
         load_features(folder, "all", frames=32, progress=False)
     fs = load_features(folder, "all", frames=32, progress=False, on_error="skip")
     assert [s[1] for s in fs.skipped] == [str(tiny)] and "owl/tiny.wav" not in fs.ids
@@ -296,7 +323,7 @@ def test_voxceleb1_bad_lines_are_named(tmp_path):
     with pytest.raises(DatasetError, match=r"iden_split.txt, line 7: split '4'; expected 1 \(train\)"):
         load_dataset(folder)
     listing.write_text(text + "1 id10009/vidz/00001.wav\n")
-    with pytest.raises(DatasetError, match=r"1 files listed in .*iden_split.txt are missing.*id10009"):
+    with pytest.raises(DatasetError, match=r"1 file listed in .*iden_split.txt is missing: .*id10009"):
         load_dataset(folder)
 
 

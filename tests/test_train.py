@@ -196,7 +196,8 @@ def test_pruning_aware_finetune_resumes_mid_epoch_to_the_same_weights(tmp_cache,
 
 @pytest.fixture
 def fake_features(monkeypatch):
-    """Replace the feature cache with in-memory splits and record every split requested."""
+    """Replace the feature cache with in-memory splits and record every split requested: normalized features as
+    the split's name, the files-only check of a split (``featurize_split``) as "files:<split>"."""
     from tprune_core import cache
     calls = []
 
@@ -205,7 +206,13 @@ def fake_features(monkeypatch):
         seed = {"train": 0, "val": 1, "test": 2}[split]
         return toy_set({"train": 64, "val": 24, "test": 30}[split], seed, frames=frames, split=split)
 
+    def featurize_split(cfg, split):
+        calls.append(f"files:{split}")
+        return toy_set({"train": 64, "val": 24, "test": 30}[split], 9, frames=cfg.data_frames or cfg.frames,
+                       split=split)
+
     monkeypatch.setattr(cache, "load_features", load_features)
+    monkeypatch.setattr(T, "featurize_split", featurize_split)
     return calls
 
 
@@ -213,9 +220,12 @@ def test_model_selection_never_reads_test_split(tmp_cache, fake_features, monkey
     cfg = tiny_cfg(dataset="synthetic", epochs=2)
     seen_by_fit = []
     real_fit = T.fit
-    monkeypatch.setattr(T, "fit", lambda c, tr, va, d: (seen_by_fit.append((tr.split, va.split)), real_fit(c, tr, va, d))[1])
+    monkeypatch.setattr(T, "fit", lambda c, tr, va, d, **kw: (seen_by_fit.append((tr.split, va.split)),
+                                                              real_fit(c, tr, va, d, **kw))[1])
     run = T.train_run(cfg)
-    assert "test" not in fake_features and sorted(fake_features) == ["train", "val"]
+    # every split's files are read before training (a bad test file fails early), but only train and val are
+    # loaded as features, and fit receives those two alone
+    assert fake_features == ["train", "val", "files:test"]
     assert seen_by_fit == [("train", "val")]
     best = torch.load(run / "best.pt", weights_only=False)
     assert best["val"]["split"] == "val"
@@ -240,7 +250,9 @@ def test_test_split_refused_before_training_finishes(tmp_cache, fake_features):
 
 def test_fit_has_no_way_to_receive_the_test_split():
     import inspect
-    assert list(inspect.signature(T.fit).parameters) == ["cfg", "train_set", "val_set", "run_dir"]
+    params = inspect.signature(T.fit).parameters
+    assert list(params)[:4] == ["cfg", "train_set", "val_set", "run_dir"] and list(params)[4:] == ["record"]
+    assert params["record"].kind is inspect.Parameter.KEYWORD_ONLY   # read_splits' file record, for train.json
 
 
 def test_cli_eval_json_on_a_trained_run(tmp_cache, fake_features, capsys):

@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .datasets import REPO, ClipSet, load_dataset
-from .errors import AudioError, ConfigError, DatasetError
+from .errors import AudioError, ConfigError, DatasetError, counted
 from .features import FeatureConfig, fbank, normalize, pad_or_crop, resolve_norm
 from .folders import LAYOUTS as FOLDER_LAYOUTS
 from .fsio import atomic_write
@@ -115,11 +115,13 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
     if skipped:
         if on_error == "raise":
             cid, bad, problem = skipped[0]
-            raise AudioError(bad, f"{problem} (found by an earlier on_error='skip' run that left out {len(skipped)} "
-                                  f"files; fix them or pass on_error='skip')")
+            raise AudioError(bad, f"{problem} (found by an earlier on_error='skip' run that left out "
+                                  f"{counted(len(skipped), 'file')}; fix {'it' if len(skipped) == 1 else 'them'} "
+                                  f"or pass on_error='skip')")
         lines = "\n".join(f"  {p}: {msg}" for _, p, msg in skipped)
         n = len(skipped) + len(data["ids"])
-        print(f"tprune: skipped {len(skipped)} of {n} files of {clips.describe()}:\n{lines}", file=sys.stderr)
+        print(f"tprune: skipped {len(skipped)} of {counted(n, 'file')} of {clips.describe()}:\n{lines}",
+              file=sys.stderr)
     return FeatureSet(x=data["x"], y=data["y"], ids=list(data["ids"]), classes=list(clips.classes), norm=None,
                       source=clips.source, dataset=clips.describe(), name=clips.name, split=clips.split, frames=frames,
                       mel_bins=mel_bins, sample_rate=sample_rate, lengths=data["lengths"],
@@ -145,8 +147,8 @@ def clip_fbank(clips: ClipSet, i: int, sample_rate: int = 16000, mel_bins: int =
     try:
         wave = clips.load(i, sample_rate)
         if wave.numel() < sample_rate * 0.025:
-            raise AudioError(path, f"{wave.numel()} samples at {sample_rate} Hz is shorter than one 25 ms "
-                                   f"fbank window; expected at least {int(sample_rate * 0.025)}")
+            raise AudioError(path, f"{counted(wave.numel(), 'sample')} at {sample_rate} Hz is shorter than one "
+                                   f"25 ms fbank window; expected at least {int(sample_rate * 0.025)}")
         fb = fbank(wave, sample_rate, mel_bins)
     except AudioError:
         raise

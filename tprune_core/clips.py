@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DatasetError
+from .errors import DatasetError, counted
 
 AUDIO_EXT = {".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3"}
 REPO = Path(__file__).resolve().parents[1]
@@ -116,5 +116,7 @@ def read_csv(path: Path, columns: set) -> list[dict]:
 
 
 def missing_error(folder, listing, missing):
-    return DatasetError(f"{folder}: {len(missing)} files listed in {listing} are missing, "
+    if len(missing) == 1:
+        return DatasetError(f"{folder}: 1 file listed in {listing} is missing: {missing[0]}")
+    return DatasetError(f"{folder}: {counted(len(missing), 'file')} listed in {listing} are missing, "
                         f"e.g. {[str(m) for m in missing[:3]]}")

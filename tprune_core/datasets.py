@@ -54,7 +54,7 @@ import numpy as np
 from . import folders
 from .clips import (AUDIO_EXT, REPO, Clip, assert_disjoint, carve_by_group, data_root,  # noqa: F401 (REPO)
                     find_audio, missing_error, read_csv, split_by_group)
-from .errors import ConfigError, DatasetError, TpruneError
+from .errors import ConfigError, DatasetError, TpruneError, counted
 from .synth import SYNTH_FLAVOURS, SYNTH_RATE, SYNTH_VERSION, SynthRenderer
 from .rules import DATA_SPLITS as SPLITS
 
@@ -78,6 +78,17 @@ LAYOUTS = {
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 SPEECH_CLASSES = KEYWORDS + ["_unknown_"]   # every other word is `_unknown_`
 DEFAULTS = {"ambient": "urbansound8k", "speech": "speechcommands"}
+
+
+def frames_for(seconds: float) -> int:
+    """Frames of a clip of `seconds` (10 ms hop, 25 ms window), rounded up to a multiple of 16 (the patch size)."""
+    frames = int((seconds - 0.025) / 0.010 + 1e-6) + 1
+    return 16 * math.ceil(frames / 16)
+
+
+def seconds_of(frames: int) -> float:
+    """The audio `frames` fbank frames cover: one 25 ms window, then 10 ms per frame."""
+    return 0.025 + 0.010 * (frames - 1)
 
 
 class SyntheticDataWarning(UserWarning):
@@ -135,8 +146,7 @@ class ClipSet:
 
     def default_frames(self) -> int:
         """Frames of a full clip (10 ms hop, 25 ms window), rounded up to a multiple of 16 (the patch size)."""
-        frames = int((self.seconds - 0.025) / 0.010 + 1e-6) + 1
-        return 16 * math.ceil(frames / 16)
+        return frames_for(self.seconds)
 
     def signature(self) -> list:
         """Everything about the clips that changes features: ids, labels, and each file's size and mtime."""
@@ -156,7 +166,7 @@ class ClipSet:
         per_clip = sum(len(c.labels) for c in self.clips) / max(len(self.clips), 1)
         labels = f" (multi-label, {per_clip:.2f} per clip)" if self.multilabel else ""
         text = (f"{self.name} ({self.layout} layout, {where}) split '{self.split}' [{proto}]: "
-                f"{len(self.clips)} clips, {len(self.classes)} classes{labels}; {kind}")
+                f"{counted(len(self.clips), 'clip')}, {counted(len(self.classes), 'class', 'classes')}{labels}; {kind}")
         return text + (f"; {self.note}" if self.note else "")
 
 
@@ -261,8 +271,11 @@ def _classes_from(rows, id_col, name_col, path, official=None) -> list:
                                f"{dict(enumerate(official))}")
         absent = [official[i] for i in range(len(official)) if i not in names]
         if absent:
-            warnings.warn(f"{path}: no clip of class(es) {absent}; their official ids are kept, "
-                          f"so a model trained here has outputs for them that never see a clip")
+            one = len(absent) == 1
+            warnings.warn(f"{path}: no clip of {'class' if one else 'classes'} {absent}; "
+                          f"{'its official id is' if one else 'their official ids are'} kept, so a model trained "
+                          f"here has {'an output' if one else 'outputs'} for {'it' if one else 'them'} that never "
+                          f"{'sees' if one else 'see'} a clip")
         return list(official)
     if sorted(names) != list(range(len(names))):
         raise DatasetError(f"{path}: class ids {sorted(names)} are not 0..{len(names) - 1}")
@@ -292,8 +305,9 @@ def _urbansound8k(folder: Path, layout: str, test_fold=None, val_fraction=0.15, 
     unlisted = [p for k in present for p in (folder / "audio" / f"fold{k}").iterdir()
                 if p.suffix.lower() in AUDIO_EXT and p.name not in listed]
     if unlisted:
-        warnings.warn(f"{folder}: {len(unlisted)} audio files are not in {meta.name} and are not used, "
-                      f"e.g. {[str(p) for p in unlisted[:3]]}")
+        are = "is" if len(unlisted) == 1 else "are"
+        warnings.warn(f"{folder}: {counted(len(unlisted), 'audio file')} {are} not in {meta.name} and {are} not "
+                      f"used, e.g. {[str(p) for p in unlisted[:3]]}")
     if len(by_fold) < 2:
         raise DatasetError(f"{folder}: UrbanSound8K needs at least two folds with clips to split fold-wise; "
                            f"found {sorted(by_fold)}")
@@ -478,11 +492,13 @@ def _splits(name, folder, layout, protocol, builder=None) -> tuple:
     allowed = [k for k in inspect.signature(builder).parameters if k not in ("folder", "layout")]
     unknown = [k for k in protocol if k not in allowed]
     if unknown:
-        raise ConfigError(f"{name}: unknown protocol parameter(s) {unknown}; expected some of {allowed}")
+        raise ConfigError(f"{name}: unknown protocol {'parameter' if len(unknown) == 1 else 'parameters'} "
+                          f"{unknown}; expected some of {allowed}")
     classes, splits, proto, seconds = builder(folder, layout, **protocol)
     empty = [p for p in ("train", "val", "test") if not splits[p]]
     if empty:
-        raise DatasetError(f"{folder}: the {name} protocol {proto} leaves split(s) {empty} empty; "
+        raise DatasetError(f"{folder}: the {name} protocol {proto} leaves {'split' if len(empty) == 1 else 'splits'} "
+                           f"{empty} empty; "
                            f"expected clips in train, val and test")
     return classes, splits, proto, seconds
 
@@ -491,6 +507,21 @@ def _build(name, folder, layout, split, protocol, builder=None) -> ClipSet:
     classes, splits, proto, seconds = _splits(name, folder, layout, protocol, builder)
     clips = [c for p in ("train", "val", "test") for c in splits[p]] if split == "all" else splits[split]
     return ClipSet(name, split, str(folder), classes, clips, proto, layout, "real", seconds)
+
+
+def takes_seconds(name) -> bool:
+    """Whether the dataset's protocol has a `seconds` parameter, its clip length (folders of your own, voxceleb1,
+    synthetic; not the fixed-length built-in ones, nor `default`, which may be either)."""
+    name = os.fspath(name)
+    if name == "synthetic" or name in BUILDERS:
+        builder = synthetic if name == "synthetic" else BUILDERS[name]
+        return "seconds" in inspect.signature(builder).parameters
+    if name == "default" or name.startswith("default:"):
+        return False
+    folder = folders.find(name)
+    if folder is None:
+        return False
+    return "seconds" in inspect.signature(_identify(folder)[2]).parameters
 
 
 def is_builtin(name) -> bool:

@@ -24,3 +24,8 @@ class CheckpointError(TpruneError):
 
 class ConfigError(TpruneError, ValueError):
     """A parameter is out of its valid range."""
+
+
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """ "1 file", "3 files": a count with its noun in the right number (``plural`` when not noun + "s")."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"

@@ -39,7 +39,7 @@ import soundfile as sf
 
 from . import multilabel
 from .clips import AUDIO_EXT, Clip, assert_disjoint, carve_by_group, data_root, find_audio, missing_error, read_csv
-from .errors import ConfigError, DatasetError
+from .errors import ConfigError, DatasetError, counted
 
 LAYOUTS = {  # layout -> what it looks like
     "classes": "<label>/*.wav|flac|ogg|mp3|aiff (one folder per class, at least two)",
@@ -135,13 +135,21 @@ def candidates(base: Path) -> list[Path]:
 
 
 def no_layout_error(folder: Path, layouts: str) -> DatasetError:
-    """A folder nothing claims; says why when it has a metadata.csv with the wrong columns."""
+    """A folder nothing claims; says why when it has a metadata.csv with the wrong columns, and in one short line
+    when it is a class-folder dataset with a single class (the long list of layouts would bury that)."""
     meta = folder / "metadata.csv"
     why = ""
     if meta.is_file():
         why = f" ({meta} has columns {sorted(_csv_columns(meta))}, not file,label or file,labels)"
     elif not any(folder.iterdir()):
         why = " (empty folder)"
+    else:
+        with_audio = [d.name for d in _subdirs(folder) if _audio_files(d)]
+        if len(with_audio) == 1:
+            silent = [d.name for d in _subdirs(folder) if d.name != with_audio[0]]
+            others = f"; {', '.join(silent)} {'holds' if len(silent) == 1 else 'hold'} no audio" if silent else ""
+            return DatasetError(f"{folder}: 1 class folder found ({with_audio[0]}); need at least 2{others} "
+                                f"({LAYOUTS['classes']})")
     return DatasetError(f"{folder}: matches no dataset layout{why}; expected {layouts}")
 
 
@@ -158,8 +166,9 @@ def _class_files(folder: Path) -> dict:
         out[d.name] = files
     stray = _audio_files(folder)
     if stray:
-        warnings.warn(f"{folder}: {len(stray)} audio files lie outside any class folder and are not used, "
-                      f"e.g. {[str(p) for p in stray[:3]]}")
+        lie = "lies" if len(stray) == 1 else "lie"
+        warnings.warn(f"{folder}: {counted(len(stray), 'audio file')} {lie} outside any class folder and "
+                      f"{'is' if len(stray) == 1 else 'are'} not used, e.g. {[str(p) for p in stray[:3]]}")
     if not out:
         raise DatasetError(f"{folder}: no class folders; expected {LAYOUTS['classes']}")
     return out
@@ -308,7 +317,7 @@ def clip_seconds(clips, seconds=None) -> tuple[float, str]:
     lengths = [d for d in (_duration(c.path) for c in clips) if d is not None]
     if not lengths:
         return 1.0, "1 s: no clip length could be read"
-    return max(round(float(np.median(lengths)), 3), 0.025), f"median of {len(lengths)} clips"
+    return max(round(float(np.median(lengths)), 3), 0.025), f"median of {counted(len(lengths), 'clip')}"
 
 
 def _length_note(seconds, how) -> str:
@@ -322,7 +331,8 @@ def build(folder: Path, layout: str, fractions=None, seed=None, val_fraction=Non
     read = _multilabel_clips if layout in MULTILABEL_LAYOUTS else _single_label_clips
     classes, clips, parts, grouped, where, notes = read(folder, layout)
     if len(classes) < 2:
-        raise DatasetError(f"{where}: {len(classes)} class(es) {classes}; expected at least two labels")
+        found = f"1 class found ({classes[0]})" if classes else "no class found"
+        raise DatasetError(f"{where}: {found}; need at least 2 labels")
     splits, proto = _split(where, clips, parts, grouped, fractions, seed, val_fraction)
     proto.update(notes)
     secs, how = clip_seconds(clips, seconds)

@@ -36,6 +36,7 @@ from .loop import Task, run_epochs
 from .datasets import data_fingerprint
 from .models import create_model, patch_grid, patch_pixels
 from .rules import PATCH, PRECISIONS, SIZES
+from .source import code_version
 from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch, machine_info,
                       param_groups, read_json, resolve_device, run_dir_for, save_atomic)
 
@@ -302,6 +303,7 @@ class Pretraining(Task):
         summary = {"hash": self.run_hash, "config": cfg.to_dict(), "history": history,
                    "final_loss": history[-1]["loss"], "train_seconds": history[-1]["seconds"], "steps": self.total,
                    "n_clips": self.n, "device": str(self.device), "machine": machine_info(self.device),
+                   "code_version": code_version(),
                    "sources": [{"dataset": s["dataset"], "split": "train", "clips": len(fs.x),
                                 "source": getattr(fs, "source", None)} for s, fs in zip(cfg.sources, self.pool)]}
         save_atomic(summary, self.run_dir / "mae.json")

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .clips import AUDIO_EXT, Clip, read_csv
-from .errors import DatasetError
+from .errors import DatasetError, counted
 
 LAYOUTS = {
     "multilabel": "metadata.csv with columns file,labels[,split][,group], labels separated by ';' "
@@ -117,8 +117,11 @@ def classes_of(rows: list, index: ClassIndex | None, where) -> list:
         return sorted(used)
     absent = [n for n in index.names if n not in used]
     if absent:
-        warnings.warn(f"{where}: no clip of {len(absent)} class(es) of {index.path.name}, e.g. {absent[:5]}; they "
-                      f"are kept, so the model has outputs for them (mAP skips classes without a positive clip)")
+        one = len(absent) == 1
+        warnings.warn(f"{where}: no clip of {counted(len(absent), 'class', 'classes')} of {index.path.name}, e.g. "
+                      f"{absent[:5]}; {'it is' if one else 'they are'} kept, so the model has "
+                      f"{'an output' if one else 'outputs'} for {'it' if one else 'them'} (mAP skips classes without "
+                      f"a positive clip)")
     return list(index.names)
 
 
@@ -150,8 +153,8 @@ def _segment_lines(path: Path, index: ClassIndex):
                 continue
             where = f"{path}, line {line}"
             if len(fields) != 4:
-                raise DatasetError(f"{where}: {len(fields)} fields; expected YTID, start_seconds, end_seconds, "
-                                   f"\"mid,mid,...\"")
+                raise DatasetError(f"{where}: {counted(len(fields), 'field')}; expected YTID, start_seconds, "
+                                   f"end_seconds, \"mid,mid,...\"")
             ytid, start, end, mids = (x.strip() for x in fields)
             try:
                 if not ytid or float(start) > float(end):
@@ -207,8 +210,9 @@ def segments(folder: Path) -> tuple[ClassIndex, list, dict]:
                 continue
             rows.append((file, names, ytid, ytid, SEGMENT_LISTS[name]))
     if missing:
-        warnings.warn(f"{folder}: {len(missing)} of {len(seen)} segments of {lists} have no audio file below the "
-                      f"folder and are left out, e.g. {missing[:3]} (expected <YTID>.wav, Y<YTID>.flac, "
+        have, are = ("has", "is") if len(missing) == 1 else ("have", "are")
+        warnings.warn(f"{folder}: {len(missing)} of {counted(len(seen), 'segment')} of {lists} {have} no audio file "
+                      f"below the folder and {are} left out, e.g. {missing[:3]} (expected <YTID>.wav, Y<YTID>.flac, "
                       f"<YTID>_<start>.wav, ...)")
     if not rows:
         raise DatasetError(f"{folder}: none of the {len(seen)} segments of {lists} has an audio file; expected "

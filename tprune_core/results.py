@@ -13,18 +13,17 @@ rerun (`tprune run`) writes into its own root but can still use published tables
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import hashlib
 import json
 import math
 import os
 import re
-import subprocess
 from pathlib import Path, PurePath
 
-from . import __version__
 from .errors import ConfigError, TpruneError
 from .fsio import atomic_write
+from . import __version__  # noqa: F401  (results.__version__: the version tables record)
+from .source import GENERATED, code_version, repo_root  # noqa: F401  (re-exported: results.code_version ...)
 from .rules import BOOK_PROFILES
 
 PROFILES = BOOK_PROFILES  # the book's build profiles (rules.py holds every list of allowed values)
@@ -45,12 +44,6 @@ class StaleResultError(ResultsError):
 
 
 # ---------------------------------------------------------------------------------------------- locations
-
-def repo_root() -> Path | None:
-    """The checkout this package lives in (the folder holding pyproject.toml), or None when installed."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "pyproject.toml").is_file() else None
-
 
 def current_profile() -> str:
     """`full` (default) or `smoke`, from the environment variable TPRUNE_PROFILE."""
@@ -77,31 +70,6 @@ def _read_roots(root) -> list:
         return [root]
     extra = os.environ.get("TPRUNE_RESULTS_FALLBACK", "")
     return [None] + [Path(p).expanduser().resolve() for p in extra.split(os.pathsep) if p.strip()]
-
-
-# Paths the build itself writes: a change there says nothing about the code, so it never makes the version dirty.
-GENERATED = ("results", "_build", "book/reruns")
-
-
-@functools.lru_cache(maxsize=None)
-def code_version() -> str:
-    """Package version plus the git commit, and `-dirty` when tracked code has uncommitted changes. The tables
-    and pages a build writes (GENERATED) do not count: a build from a clean checkout stays clean."""
-    root = repo_root()
-    if root is None:
-        return __version__
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."]
-                                + [f":(exclude){p}" for p in GENERATED], cwd=root, capture_output=True, text=True,
-                                timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return __version__
-    if rev.returncode != 0 or not rev.stdout.strip():
-        return __version__
-    dirty = "-dirty" if status.returncode == 0 and status.stdout.strip() else ""
-    return f"{__version__}+g{rev.stdout.strip()}{dirty}"
 
 
 def _check_name(kind: str, value: str) -> str:

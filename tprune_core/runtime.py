@@ -29,7 +29,7 @@ OPERATIONAL = ("device", "threads", "ckpt_every", "eval_batch_size", "progress")
 # Fields added after a config's first release: at these defaults they are left out of the hash, so every run made
 # before they existed keeps its folder (its numbers are what the default gives).
 ADDED_LATER = {"class_balance": False, "time_shift": 0, "augment_while_shrinking": True, "teacher": None,
-               "distill": 0.5, "qk_norm": False, "layer_scale": None}
+               "distill": 0.5, "qk_norm": False, "layer_scale": None, "on_error": "raise"}
 
 
 # ---------------------------------------------------------------------------------------------- run identity

@@ -15,8 +15,13 @@ never interrupted (CPU; the learning-rate and keep-rate schedules are pure funct
 an epoch is a pure function of (seed, epoch), and the global RNG states are checkpointed). The epoch loop itself is
 ``loop.run_epochs``, shared with MAE pretraining; ``Supervised`` is what this module plugs into it.
 
-Model selection is structural: ``fit`` receives the training and validation FeatureSets only, ``train_run`` loads
-just those two splits, and the test split is read by ``test_run`` alone, after training has finished.
+Model selection is structural: ``fit`` receives the training and validation FeatureSets only, and the test split is
+evaluated by ``test_run`` alone, after training has finished. Failing early is not lost work, though: before the
+first step ``train_run`` reads and checks every file of every split (``read_splits``: the test split's files are
+featurized into the cache, their features handed to nobody), so a corrupt test file stops the run before training,
+naming the file. With ``on_error="skip"`` unreadable files are left out instead, printed with their reasons and
+listed in train.json (``skipped``: file, split, reason), beside the clip length read and how many training clips it
+crops (``clip_length``).
 
 Pruning-aware fine-tuning (``prune_method`` set): the model is patched with ``apply_pruning`` and its keep rate
 follows ``keep_rate_schedule`` every iteration: 1.0 for ``prune_hold_epochs``, a cosine shrink to ``keep_rate`` over
@@ -40,19 +45,21 @@ other code imported from here before (``evaluate``, ``read_json``, ``zoo_root``,
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
 from . import pruning
-from .errors import CheckpointError, ConfigError
+from .errors import AudioError, CheckpointError, ConfigError, counted
 from .evaluation import crop_frames, evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
-from .datasets import data_fingerprint
+from .datasets import data_fingerprint, seconds_of
 from .models import create_model, transfer_filter
-from .rules import FAMILIES, METHODS, PATCH, PRECISIONS, SIZES
+from .rules import FAMILIES, METHODS, ON_ERROR, PATCH, PRECISIONS, SIZES
+from .source import code_version
 from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch, machine_info,
                       param_groups, read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
 # Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
@@ -100,6 +107,7 @@ class TrainConfig:
     prune_options: dict = field(default_factory=dict)
     seed: int = 0
     precision: str = "auto"              # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    on_error: str = "raise"              # unreadable audio file: raise (stop, naming it) | skip (leave it out, list it)
     # operational (not hashed)
     device: str = "auto"                 # auto | cpu | cuda | cuda:N
     threads: int | None = None           # torch CPU threads for this run (None: leave as is)
@@ -177,6 +185,7 @@ def validate(cfg: TrainConfig):
          cfg.prune_method is None or cfg.prune_hold_epochs + cfg.prune_shrink_epochs <= cfg.epochs), "prune_hold_epochs",
          f"hold + shrink epochs within epochs={cfg.epochs}")
     need(cfg.precision in PRECISIONS, "precision", alternatives(PRECISIONS))
+    need(cfg.on_error in ON_ERROR, "on_error", alternatives(ON_ERROR))
     need(isinstance(cfg.ckpt_every, int) and cfg.ckpt_every >= 1, "ckpt_every", "an int >= 1")
     need(cfg.prune_method is None or cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
 
@@ -307,11 +316,72 @@ def load_checkpoint(path, device="cpu"):
 
 # ---------------------------------------------------------------------------------------------- data
 
-def load_split(cfg: TrainConfig, split: str, progress: bool = True):
-    """One split of the config's dataset, normalized with its training-split statistics."""
+def load_split(cfg: TrainConfig, split: str, progress: bool = True, norm="train"):
+    """One split of the config's dataset, normalized with its training-split statistics (or ``norm``)."""
     from .cache import load_features
-    return load_features(cfg.dataset, split, frames=cfg.data_frames or cfg.frames, mel_bins=cfg.mel,
-                         progress=progress, **cfg.protocol)
+    return load_features(cfg.dataset, split, frames=cfg.data_frames or cfg.frames, mel_bins=cfg.mel, norm=norm,
+                         on_error=cfg.on_error, progress=progress, **cfg.protocol)
+
+
+def featurize_split(cfg: TrainConfig, split: str):
+    """Raw features of one split, from the cache or computed: every file read and checked (the test split's before
+    training, so a bad file fails early; its features wait in the cache for ``test_run``)."""
+    from .cache import featurize
+    from .datasets import load_dataset
+    clips = load_dataset(cfg.dataset, None, split, **cfg.protocol)
+    return featurize(clips, cfg.data_frames or cfg.frames, cfg.mel, on_error=cfg.on_error, progress=cfg.progress)
+
+
+def read_splits(cfg: TrainConfig):
+    """(train set, val set, record) with every file of train, val and test read and checked before the first step.
+    ``record`` goes into train.json: ``skipped`` ({file, split, reason} of files left out with on_error="skip")
+    and ``clip_length`` (frames read per clip, and how many training clips that crops or pads)."""
+    sets = {}
+    loaders = {"train": lambda: load_split(cfg, "train", cfg.progress),
+               # the training statistics that norm="train" would give, without featurizing train once more
+               "val": lambda: load_split(cfg, "val", cfg.progress, norm=sets["train"].norm),
+               "test": lambda: featurize_split(cfg, "test")}   # read and checked only: fit never sees it
+    for split, load in loaders.items():
+        try:
+            sets[split] = load()
+        except AudioError as exc:
+            raise AudioError(exc.path, f"{exc.problem} ({split} split, read before training: nothing was trained; "
+                                       f"fix or remove the file, or leave unreadable files out with on_error='skip', "
+                                       f"tprune train --on-error skip)") from None
+    record = {"skipped": [{"file": path, "split": split, "reason": reason}
+                          for split, fs in sets.items() for _, path, reason in getattr(fs, "skipped", [])],
+              "clip_length": clip_length(cfg, sets["train"])}
+    if cfg.progress:
+        print(describe_inputs(cfg, sets, record), file=sys.stderr)
+    return sets["train"], sets["val"], record
+
+
+def clip_length(cfg: TrainConfig, train_set) -> dict:
+    """Frames read per clip and how many training clips are longer (cropped) or shorter (padded) than that."""
+    frames = cfg.data_frames or cfg.frames
+    lengths = getattr(train_set, "lengths", None)
+    out = {"frames": frames, "seconds": round(seconds_of(frames), 3), "model_frames": cfg.frames}
+    if lengths is not None:
+        out.update(clips=len(lengths), cropped=int((lengths > frames).sum()), padded=int((lengths < frames).sum()))
+    return out
+
+
+def describe_inputs(cfg: TrainConfig, sets: dict, record: dict) -> str:
+    """What training is about to read, for the console: clips per split, files skipped, the clip length and what
+    it crops."""
+    n = {s: len(fs.ids) for s, fs in sets.items()}
+    text = (f"tprune train: read and checked every split of {cfg.dataset}: {n['train']} train, {n['val']} val, "
+            f"{counted(n['test'], 'test clip')}")
+    if record["skipped"]:
+        text += f"; {counted(len(record['skipped']), 'unreadable file')} skipped (listed in train.json)"
+    c = record["clip_length"]
+    text += f"\ntprune train: each clip is read as its first {c['frames']} frames ({c['seconds']:g} s)"
+    if "clips" in c:
+        text += (f": {c['cropped']} of {c['clips']} training clips are longer and lose their end, "
+                 f"{c['padded']} are shorter and are padded")
+    if cfg.frames < c["frames"]:
+        text += f"; training draws random {cfg.frames}-frame crops inside, evaluation reads the first {cfg.frames}"
+    return text
 
 
 def _check_sets(cfg, train_set, val_set):
@@ -332,7 +402,7 @@ class Supervised(Task):
     """``fit`` in the shared loop: augmented batches, keep-rate schedule, validation, best.pt, train.json."""
     zero = (0.0, 0.0, 0.0)   # loss * clips, correct clips, clips
 
-    def __init__(self, cfg: TrainConfig, train_set, val_set, run_dir, model, opt, device):
+    def __init__(self, cfg: TrainConfig, train_set, val_set, run_dir, model, opt, device, record=None):
         tag = f"{cfg.family}/{cfg.dataset}/s{cfg.seed}" + (f"/{cfg.prune_method}@{cfg.keep_rate:g}"
                                                           if cfg.prune_method else "")
         super().__init__(cfg, run_dir, tag, model, opt, device, len(train_set.x))
@@ -346,6 +416,7 @@ class Supervised(Task):
         self.kr, self.val, self.best = 1.0, None, None
         self.weight = class_weights(self.y, len(train_set.classes)).to(device) if cfg.class_balance else None
         self.teacher = load_teacher(cfg, train_set.classes, device) if cfg.teacher else None
+        self.record = dict(record or {})   # what read_splits found (skipped files, clip length), for train.json
 
     def step(self, idx, step):
         cfg = self.cfg
@@ -423,7 +494,7 @@ class Supervised(Task):
                    "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "n_train": self.n, "n_val": len(self.val_set.x),
                    "train_source": getattr(self.train_set, "source", None), "final_sha256": weights_digest(self.model),
-                   "machine": machine_info(self.device)}
+                   "machine": machine_info(self.device), "code_version": code_version(), **self.record}
         save_atomic(summary, self.run_dir / "train.json")
         return summary
 
@@ -439,10 +510,11 @@ def load_teacher(cfg: TrainConfig, classes, device):
     return teacher.eval().requires_grad_(False)
 
 
-def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
+def fit(cfg: TrainConfig, train_set, val_set, run_dir, *, record: dict | None = None) -> dict:
     """Train ``cfg`` on ``train_set``, select the epoch with the best accuracy on ``val_set``; resumable.
 
-    Never sees the test split (it is not an argument). Returns the summary also written to ``train.json``.
+    Never sees the test split (it is not an argument; ``record`` holds only what ``read_splits`` found about the
+    files, for train.json). Returns the summary also written to ``train.json``.
     """
     _check_sets(cfg, train_set, val_set)
     device = resolve_device(cfg.device)
@@ -452,7 +524,7 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir) -> dict:
         if cfg.prune_method:
             pruning.apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc, **cfg.prune_options)
         opt = adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
-        return run_epochs(Supervised(cfg, train_set, val_set, run_dir, model, opt, device))
+        return run_epochs(Supervised(cfg, train_set, val_set, run_dir, model, opt, device, record))
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -462,7 +534,8 @@ def is_trained(cfg: TrainConfig) -> bool:
 
 
 def train_run(cfg: TrainConfig) -> Path:
-    """Train (or resume, or find finished) the run of ``cfg``; returns its folder. Loads train and val only."""
+    """Train (or resume, or find finished) the run of ``cfg``; returns its folder. Reads and checks every split
+    before the first step (``read_splits``) and trains on train and val only."""
     run_dir = run_dir_for(cfg)
     if (run_dir / "train.json").is_file():
         return run_dir
@@ -473,9 +546,8 @@ def train_run(cfg: TrainConfig) -> Path:
         raise CheckpointError(f"teacher={cfg.teacher}: that run is not finished under {zoo_root()}")
     if cfg.init and cfg.init.startswith("mae:") and not (zoo_root() / cfg.init[4:] / "encoder.pt").is_file():
         raise CheckpointError(f"init={cfg.init}: no pretrained encoder under {zoo_root() / cfg.init[4:]}")
-    train_set = load_split(cfg, "train", cfg.progress)
-    val_set = load_split(cfg, "val", cfg.progress)
-    fit(cfg, train_set, val_set, run_dir)
+    train_set, val_set, record = read_splits(cfg)
+    fit(cfg, train_set, val_set, run_dir, record=record)
     return run_dir
 
 

@@ -66,7 +66,7 @@ def cmd_check(args):
 
     from ..cache import clip_fbank, one_thread
     from ..datasets import load_dataset
-    from ..errors import AudioError
+    from ..errors import AudioError, counted
     clips = load_dataset(args.name, args.root, "all")
     problems, seconds = [], []
     with one_thread():
@@ -81,7 +81,7 @@ def cmd_check(args):
               f"(median {float(np.median(seconds)):.2f} s)")
     for p in problems:
         print(f"problem: {p}")
-    print(f"{len(problems)} problem(s)")
+    print(counted(len(problems), "problem"))
     return 1 if problems else 0
 
 
