@@ -37,6 +37,7 @@ import statistics
 import sys
 import time
 
+from . import release
 from .errors import ConfigError
 from .mae import MAEConfig, pretrain
 from .runtime import machine_info, read_json, zoo_root
@@ -274,6 +275,15 @@ def checkpoint_digest(path) -> str:
     return _DIGESTS[key]
 
 
+def weights_sha256(entry: dict) -> str:
+    """The digest a table records for a model: the release file's sha256 for a released model (so tables can be
+    checked against the manifest without loading weights), else the sha256 of its local checkpoint."""
+    if entry.get("sha256"):
+        return entry["sha256"]
+    released = release.released_digest(entry["run_dir"]) if entry.get("run_dir") else None
+    return released or checkpoint_digest(entry["checkpoint"])
+
+
 def provenance(entries) -> dict:
     """What a table computed from these zoo models records in its sidecar (``results.save_table(..., **prov)``):
     ``checkpoints`` (model name -> sha256 of its selected weights) and ``machine`` (this process's processor,
@@ -281,7 +291,7 @@ def provenance(entries) -> dict:
     models = [e for e in entries if e["role"] != "mae"]
     if not models:
         raise ConfigError("provenance: no trained classifier among the entries")
-    return {"checkpoints": {e["name"]: checkpoint_digest(e["checkpoint"]) for e in models},
+    return {"checkpoints": {e["name"]: weights_sha256(e) for e in models},
             "machine": machine_info()}
 
 
@@ -304,7 +314,9 @@ def hardware_summary(entries, prov: dict | None = None) -> dict:
 def zoo_entries(profile: str = "full", require: bool = True, families=None, datasets=None, roles=None) -> list:
     """Metadata of the models of a profile (the chapters' entry point), optionally only some families / datasets /
     roles ("mae", "base", "prune"). ``require``: raise if any of the selected models is not built (a chapter never
-    runs on part of its models)."""
+    runs on part of its models). Released models (``release``) count as built: they are written into the cache
+    from the repository's release first."""
+    release.materialize(profile)
     entries = [_entry(role, cfg) for role, cfg in zoo_plan(profile)]
     entries = [e for e in entries if (roles is None or e["role"] in roles) and (e["role"] == "mae" or (
         (families is None or e["family"] in families) and (datasets is None or e["dataset"] in datasets)))]
@@ -377,16 +389,20 @@ def format_summary(rows: list) -> str:
 
 
 def build_zoo(profile: str = "full", threads: int | None = None, progress: bool = True, device: str = "auto",
-              report: bool = True, jobs: int = 1) -> list:
+              report: bool = True, jobs: int = 1, roles=None) -> list:
     """Train (or find in the cache) every model of a profile, test each selected checkpoint once, print the
     accuracy table (stdout, when ``report``) and the total wall time; returns ``zoo_entries(profile)``.
     ``jobs`` > 1 trains that many runs at once, each in its own process with one thread (unless ``threads`` says
     otherwise), a run starting as soon as the run it starts from is done: on a 2-core CPU two one-thread runs get
     more done than one two-thread run, whose threads wait on each other."""
     t0 = time.perf_counter()
-    plan = zoo_plan(profile)
-    done = {cfg.hash() for role, cfg in plan if _built(role, cfg)}
-    print(f"tprune zoo {profile}: {len(plan)} runs ({len(done)} already in {zoo_root()})"
+    from_release = release.materialize(profile)
+    plan = [(role, cfg) for role, cfg in zoo_plan(profile) if roles is None or role in roles]
+    done = {cfg.hash() for role, cfg in zoo_plan(profile) if _built(role, cfg)}
+    n_released = sum(cfg.hash() in release.released(profile) for _, cfg in plan)
+    print(f"tprune zoo {profile}: {len(plan)} runs ({len(done & {c.hash() for _, c in plan})} already in "
+          f"{zoo_root()}, {n_released} of them from the release {release.release_dir(profile)}"
+          + (f", {len(from_release)} written from it now" if from_release else "") + ")"
           + (f", {jobs} at a time" if jobs > 1 else ""), file=sys.stderr)
     todo = [(role, _operational(cfg, threads if threads or jobs == 1 else 1, progress and jobs == 1, device))
             for role, cfg in plan if cfg.hash() not in done]
@@ -396,13 +412,26 @@ def build_zoo(profile: str = "full", threads: int | None = None, progress: bool 
                         _train_one(role, cfg))
     else:
         _train_parallel(todo, done, jobs, len(plan))
-    entries = zoo_entries(profile)
+    entries = zoo_entries(profile, roles=roles)
     total = time.perf_counter() - t0
     if report:
         print(format_summary(summarize(entries)))
     print(f"tprune zoo {profile}: total {total:.0f} s ({total / 60:.1f} min) for {len(plan)} runs, "
           f"{len(todo)} trained now", file=sys.stdout if report else sys.stderr)
     return entries
+
+
+def released_digests(profile: str = "full") -> dict:
+    """Model name -> sha256 of its file in the profile's release (what the stored tables must have recorded)."""
+    records = release.released(profile)
+    return {_entry(role, cfg)["name"]: records[cfg.hash()]["sha256"]
+            for role, cfg in zoo_plan(profile) if role != "mae" and cfg.hash() in records}
+
+
+def pack_release(profile: str = "full", roles=release.RELEASED_ROLES, code_commit: str | None = None,
+                 progress: bool = True) -> list:
+    """`tprune zoo pack`: add the profile's built runs of ``roles`` to its release (``release.pack``)."""
+    return release.pack(profile, [(r, c) for r, c in zoo_plan(profile) if r in roles], code_commit, progress)
 
 
 def _built(role, cfg) -> bool:
