@@ -9,7 +9,7 @@ PROFILE ?= full
 JOBS ?= 2  # zoo runs trained at once, one thread each (see `tprune zoo --help`)
 export TPRUNE_DATA ?= $(abspath ../shared/data)
 
-.PHONY: venv test book site-check clean-book
+.PHONY: venv test book retrain site-check clean-book
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,9 +23,13 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # One output folder per profile: full -> _build/html, smoke -> _build/smoke/_build/html (own execution cache).
+# Chapters stored current in results/ render without models or audio; the others are executed, after training what
+# they need (`tprune book --jobs`). Retraining the released models from scratch: `make retrain` (hours on 2 cores).
 book: $(STAMP)
-	$(BIN)/tprune zoo --profile $(PROFILE) --jobs $(JOBS)
-	TPRUNE_PROFILE=$(PROFILE) $(BIN)/tprune book --profile $(PROFILE) $(if $(REEXECUTE),--reexecute)
+	TPRUNE_PROFILE=$(PROFILE) $(BIN)/tprune book --profile $(PROFILE) --jobs $(JOBS) $(if $(REEXECUTE),--reexecute) $(if $(NO_TRAIN),--no-train)
+
+retrain: $(STAMP)
+	$(BIN)/tprune zoo --profile $(PROFILE) --roles mae,base --jobs $(JOBS)
 
 # Opens every page of the last build in headless Chromium (installs Debian's chromium when missing).
 site-check: $(STAMP)

@@ -139,10 +139,14 @@ def test_show_setup_renders_params_data_seeds_and_warnings(monkeypatch):
 
 
 def test_stub_chapters_have_a_parameters_cell_and_the_stub_marker():
+    from tprune_core.book import stored
     toc = yaml.safe_load((REPO / "_toc.yml").read_text())
     files = [c["file"] for part in toc["parts"] for c in part["chapters"]]
-    assert files  # every chapter in the toc exists, reads the profile and renders its setup
-    for docname in files:
+    chapters = stored.chapter_names(REPO)
+    assert len(chapters) == 5  # every executable chapter reads the profile and renders its setup
+    for docname in files:   # the other pages (the lab notebook) are text only: nothing to execute or store
+        assert Path(docname).name in chapters or "{code-cell}" not in (REPO / f"{docname}.md").read_text(), docname
+    for docname in [f"book/{c}" for c in chapters]:
         path = REPO / f"{docname}.md"
         nb = jupytext.read(path)
         names = book.parameter_names(nb, path)
@@ -159,19 +163,19 @@ def test_findings_table_is_built_from_results_files(tmp_path):
     assert book.collect_findings(tmp_path) == []
     assert book.findings_markdown(tmp_path).startswith("No findings yet")
     book.save_findings("pruning-tradeoffs", [
-        {"claim": "TopK cuts MACs 30-40% for <1 pt", "source": "paper", "verdict": "mixed",
+        {"claim": "TopK cuts MACs 30-40% for <1 pt", "source": "paper", "verdict": "inconclusive",
          "evidence": "AST: -38% MACs, -0.6 pt",
          "where": "Table 2"}], {"seeds": [0, 1, 2]}, root=tmp_path)
     book.save_findings("speech-vs-general", [
         {"claim": "quiet patches matter more for general audio", "source": "ours", "verdict": "reproduced",
          "evidence": "drop C1-C2: -4.1 pt vs -0.8 pt"}], {"seeds": [0]}, root=tmp_path)
     rows = book.collect_findings(tmp_path)
-    assert [(r["chapter"], r["verdict"]) for r in rows] == [("pruning-tradeoffs", "mixed"),
+    assert [(r["chapter"], r["verdict"]) for r in rows] == [("pruning-tradeoffs", "inconclusive"),
                                                             ("speech-vs-general", "reproduced")]
     assert rows[1]["where"] == "" and rows[0]["profile"] == "full" and rows[1]["source"] == "ours"
     md = book.findings_markdown(tmp_path, titles={"pruning-tradeoffs": "Pruning trade-offs"})
     assert "| Chapter | Claim | Source | Verdict |" in md
-    assert "| Pruning trade-offs | TopK cuts MACs 30-40% for <1 pt | paper | **mixed** |" in md
+    assert "| Pruning trade-offs | TopK cuts MACs 30-40% for <1 pt | paper | **inconclusive** |" in md
     assert "drop C1-C2: -4.1 pt vs -0.8 pt" in md
     digest = book.findings_digest(tmp_path)
     book.save_findings("speech-vs-general", [{"claim": "x", "source": "ours", "verdict": "not testable here",
@@ -200,10 +204,10 @@ def test_findings_take_the_rows_the_verdict_rules_build(tmp_path):
 def test_findings_stored_before_the_source_column_still_read(tmp_path):
     import pandas as pd
 
-    old = pd.DataFrame([{"claim": "c", "verdict": "mixed", "evidence": "e", "where": ""}])
+    old = pd.DataFrame([{"claim": "c", "verdict": "inconclusive", "evidence": "e", "where": ""}])
     results.save_table("ch", book.FINDINGS, old, {}, root=tmp_path)
     [row] = book.collect_findings(tmp_path)
-    assert row["source"] == "" and row["verdict"] == "mixed"
+    assert row["source"] == "" and row["verdict"] == "inconclusive"
 
 
 def test_sphinx_findings_table_has_a_source_column():
@@ -211,23 +215,29 @@ def test_sphinx_findings_table_has_a_source_column():
     from tprune_core.book import sphinx_ext
 
     app = types.SimpleNamespace(env=types.SimpleNamespace(all_docs={}))
-    row = {"chapter": "ch", "claim": "c", "source": "ours", "verdict": "mixed", "evidence": "e", "where": "",
+    row = {"chapter": "ch", "claim": "c", "source": "ours", "verdict": "inconclusive", "evidence": "e", "where": "",
            "profile": "full", "saved_at": "2024-01-01T00:00", "code_version": "abc"}
     table = sphinx_ext.findings_nodes(app, "book/intro", [row])
     head, body = list(table.findall(nodes.thead))[0], list(table.findall(nodes.tbody))[0]
     assert [e.astext() for e in head.findall(nodes.entry)] == list(sphinx_ext.HEADERS)
-    assert [e.astext() for e in body.findall(nodes.entry)][1:4] == ["c", "ours", "mixed"]
+    claim, source, verdict = list(body.findall(nodes.entry))[1:4]
+    assert claim.children[0].children[0].astext() == "c" and source.astext() == "ours"
+    folded = list(claim.findall(nodes.raw))[0].astext()
+    assert folded.startswith("<details") and "<summary>evidence</summary>" in folded and "e" in folded
+    badge = list(verdict.findall(nodes.raw))[0].astext()
+    assert ">inconclusive</span>" in badge and sphinx_ext.VERDICT_COLORS["inconclusive"] in badge
     assert sphinx_ext.HEADERS[2] == "Source" and len(sphinx_ext.COLUMN_WIDTHS) == len(sphinx_ext.HEADERS)
 
 
 @pytest.mark.parametrize("rows, match", [
     ([{"claim": "c", "source": "paper", "verdict": "true", "evidence": "e"}], "verdict"),
-    ([{"claim": "c", "source": "paper", "verdict": "inconclusive", "evidence": "e"}], "verdict"),  # now: not testable
-    ([{"claim": "c", "source": "paper", "verdict": "mixed"}], "missing"),
-    ([{"claim": "c", "verdict": "mixed", "evidence": "e"}], r"missing \['source'\]"),
-    ([{"claim": "c", "source": "authors", "verdict": "mixed", "evidence": "e"}], "source"),
-    ([{"claim": "c", "source": "paper", "verdict": "mixed", "evidence": "e", "extra": 1}], "unexpected"),
-    ([{"claim": " ", "source": "paper", "verdict": "mixed", "evidence": "e"}], "empty"),
+    ([{"claim": "c", "source": "paper", "verdict": "not reproduced", "evidence": "e"}], "verdict"),  # inconclusive now
+    ([{"claim": "c", "source": "paper", "verdict": "mixed", "evidence": "e"}], "verdict"),
+    ([{"claim": "c", "source": "paper", "verdict": "inconclusive"}], "missing"),
+    ([{"claim": "c", "verdict": "inconclusive", "evidence": "e"}], r"missing \['source'\]"),
+    ([{"claim": "c", "source": "authors", "verdict": "inconclusive", "evidence": "e"}], "source"),
+    ([{"claim": "c", "source": "paper", "verdict": "inconclusive", "evidence": "e", "extra": 1}], "unexpected"),
+    ([{"claim": " ", "source": "paper", "verdict": "inconclusive", "evidence": "e"}], "empty"),
     ([], "no rows"),
 ])
 def test_bad_findings_are_refused(tmp_path, rows, match):
@@ -386,7 +396,7 @@ def test_sphinx_handlers_track_the_pages_that_show_findings(tmp_path, monkeypatc
     env = types.SimpleNamespace(tprune_findings_docs={"book/intro"})
     assert sphinx_ext.updated(None, env) == ["book/intro"]
     assert sphinx_ext.updated(None, env) == []  # findings unchanged: nothing to rewrite
-    book.save_findings("ch", [{"claim": "c", "source": "paper", "verdict": "mixed", "evidence": "e"}], {},
+    book.save_findings("ch", [{"claim": "c", "source": "paper", "verdict": "inconclusive", "evidence": "e"}], {},
                        root=tmp_path)
     assert sphinx_ext.updated(None, env) == ["book/intro"]
     sphinx_ext.merge(None, env, ["a"], types.SimpleNamespace(tprune_findings_docs={"a", "b"}))
@@ -479,11 +489,19 @@ def test_site_check_in_chromium_catches_missing_image_and_title_and_screenshots(
 
 # ---------------------------------------------------------------------------------------- whole book (book/builder.py)
 
-def test_build_fingerprints_every_module_of_the_package():
-    from tprune_core.book import builder
+def test_build_fingerprints_every_module_of_the_package(tmp_path, monkeypatch):
+    from tprune_core.book import stored
 
-    assert builder.PACKAGE_DIR == REPO / "tprune_core"  # a change anywhere in tprune_core re-executes chapters
-    assert (builder.PACKAGE_DIR / "cli" / "book.py").is_file() and (builder.PACKAGE_DIR / "book").is_dir()
+    assert stored.PACKAGE_DIR == REPO / "tprune_core"  # a change anywhere in tprune_core re-executes chapters
+    assert (stored.PACKAGE_DIR / "cli" / "book.py").is_file() and (stored.PACKAGE_DIR / "book").is_dir()
+    # the same code in another checkout has the same fingerprint: a clone can use the stored notebooks
+    copy = tmp_path / "tprune_core"
+    shutil.copytree(stored.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = stored.package_fingerprint()
+    monkeypatch.setattr(stored, "PACKAGE_DIR", copy)
+    assert stored.package_fingerprint() == before
+    (copy / "rules.py").write_text((copy / "rules.py").read_text() + "\n# changed\n")
+    assert stored.package_fingerprint() != before
 
 
 @pytest.mark.slow
@@ -493,7 +511,7 @@ def test_stub_book_builds_reruns_and_findings_end_to_end(tmp_path, monkeypatch, 
     root = _make_root(tmp_path / "bk")
     shutil.copy(REPO / "_config.yml", root / "_config.yml")
     monkeypatch.setenv("TPRUNE_RESULTS", str(tmp_path / "results"))
-    html = book.build(root=root, profile_name="full")
+    html = book.build(root=root, profile_name="full", train=False)
     assert capfd.readouterr().out.count("Executed notebook") == 1
     intro = (html / "book" / "intro.html").read_text()
     assert "No findings yet" in intro and "tprune-no-findings" in intro
@@ -504,7 +522,7 @@ def test_stub_book_builds_reruns_and_findings_end_to_end(tmp_path, monkeypatch, 
                        {"n": 2}, root=tmp_path / "results")
     _cli(["run", "tiny", "-p", "n", "4", "--tag", "four", "--root", str(root)])
     capfd.readouterr()
-    book.build(root=root, profile_name="full")
+    book.build(root=root, profile_name="full", train=False)
     log = capfd.readouterr().out
     assert "Executed notebook" not in log  # chapter from the cache, rerun published as executed
     intro = (html / "book" / "intro.html").read_text()
@@ -514,10 +532,18 @@ def test_stub_book_builds_reruns_and_findings_end_to_end(tmp_path, monkeypatch, 
     assert "tiny-four.html" in (html / "book" / "tiny.html").read_text()  # sidebars list the rerun too
 
     start = time.monotonic()
-    book.build(root=root, profile_name="full")
+    book.build(root=root, profile_name="full", train=False)
     log = capfd.readouterr().out
     assert "Executed notebook" not in log and "0 added, 0 changed, 0 removed" in log
     assert time.monotonic() - start < 60
+
+    # A reader's clone: no execution cache, only what results/ stores: the chapter is not executed again.
+    assert (tmp_path / "results" / "tiny" / "notebook.ipynb").is_file()
+    shutil.rmtree(book.output_dir(root, "full") / "_build")
+    book.build(root=root, profile_name="full", train=False)
+    log = capfd.readouterr().out
+    assert "1 chapter(s) from the notebooks stored" in log and "Executed notebook" not in log
+    assert "n squared: 4" in (html / "book" / "tiny.html").read_text()
 
     report = site_check.check_site(html, tmp_path / "shots", browser=True, chromium=site_check.ensure_chromium(),
                                    log=lambda *_: None)

@@ -1,8 +1,11 @@
 """`tprune book`: sync the Reruns part and run `jupyter-book build -W`.
 
 One output folder (and so one execution cache) per profile, because jupyter-cache keys notebooks on their code
-cells only; for the same reason a change in tprune_core re-executes every chapter. The html folder of the last
-successful build is recorded in `_build/last-build.json` for the site check.
+cells only; for the same reason a change in tprune_core re-executes every chapter. Chapters whose executed
+notebook stored in results/ is current (``stored``) are put into that cache first and not executed: a reader's
+build of a fresh clone needs neither models nor audio. Only when a chapter must be executed are the zoo's models
+trained (those neither built nor released). The html folder of the last successful build is recorded in
+`_build/last-build.json` for the site check.
 """
 from __future__ import annotations
 
@@ -22,22 +25,15 @@ from ..rules import BOOK_PROFILES
 from ._shared import book_root, environ
 from .listing import sync_reruns
 from .params import profile
+from .stored import package_fingerprint, preload, store_executed
 
 LAST_BUILD = "_build/last-build.json"
-PACKAGE_DIR = Path(__file__).resolve().parent.parent  # tprune_core/: its code is fingerprinted
 
 
 def output_dir(root, profile_name: str) -> Path:
     """Where jupyter-book writes a profile's build (`<it>/_build/html`, `<it>/_build/.jupyter_cache`)."""
     root = book_root(root)
     return root if profile_name == "full" else root / "_build" / profile_name
-
-
-def _package_fingerprint() -> str:
-    h = hashlib.sha256()
-    for path in sorted(PACKAGE_DIR.rglob("*.py")):
-        h.update(path.as_posix().encode() + b"\0" + path.read_bytes())
-    return h.hexdigest()
 
 
 def _check_provenance(profile_name: str, store: Path):
@@ -54,11 +50,28 @@ def _check_provenance(profile_name: str, store: Path):
           + (f" with the zoo ({len(current)} models)" if current else " with each other (no zoo built)"), flush=True)
 
 
-def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: bool = False) -> Path:
+def _prepare_execution(root: Path, out: Path, profile_name: str, reexecute: bool, train: bool, jobs: int):
+    """Preload the current stored chapters into the execution cache; train the zoo only if a chapter must run."""
+    from .. import zoo
+    store = results.default_root(base=root)
+    if reexecute:
+        stale = {"*": "--reexecute"}
+    else:
+        loaded, stale = preload(root, store, out / "_build" / ".jupyter_cache", zoo.released_digests(profile_name))
+        print(f"tprune book: {len(loaded)} chapter(s) from the notebooks stored in {store}"
+              + "".join(f"\n  {ch}: to execute ({why})" for ch, why in stale.items()), flush=True)
+    if stale and train:
+        zoo.build_zoo(profile_name, jobs=jobs)   # what the chapters to execute need, if not built or released
+
+
+def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: bool = False, train: bool = True,
+          jobs: int = 1) -> Path:
     """`tprune book`: sync the Reruns part, then build the book with jupyter-book under -W. Returns the html
     folder, also recorded in _build/last-build.json for the site check. `reexecute` drops the profile's
     execution cache first (jupyter-cache keys notebooks on their code cells, so a change in tprune_core alone
-    does not re-run a chapter)."""
+    does not re-run a chapter). Chapters whose stored notebook is current are not executed; when some chapter
+    must be, the zoo is built first (`train`; `jobs` runs at a time). After the build every executed notebook is
+    stored in results/ for the next reader."""
     root = book_root(root)
     profile_name = profile_name or profile()
     if profile_name not in BOOK_PROFILES:
@@ -74,7 +87,7 @@ def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: 
     toc_hash = hashlib.sha256(toc.read_bytes()).hexdigest()
     reread = reexecute or not stamp.is_file() or stamp.read_text().strip() != toc_hash
     code_stamp = out / "_build" / ".tprune-code.sha256"
-    code = _package_fingerprint()
+    code = package_fingerprint()
     if code_stamp.is_file() and code_stamp.read_text().strip() != code and not reexecute:
         # jupyter-cache keys notebooks on their code cells only: a cached page made by older package code
         # would be stale, so a package change re-executes every chapter (stored result tables still apply).
@@ -83,6 +96,8 @@ def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: 
     if reexecute:
         shutil.rmtree(out / "_build" / ".jupyter_cache", ignore_errors=True)
         reread = True
+    with environ(TPRUNE_PROFILE=profile_name):
+        _prepare_execution(root, out, profile_name, reexecute, train, jobs)
     exe = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(exe) if exe.exists() else "jupyter-book", "build", str(root), "--path-output", str(out),
            "--toc", str(toc.relative_to(root)), "-W", "--keep-going", *(["--all"] if reread else []),
@@ -94,7 +109,11 @@ def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: 
     done = subprocess.run(cmd, cwd=root, env=env)
     if done.returncode != 0:
         raise TpruneError(f"jupyter-book build failed (exit {done.returncode}); see the messages above")
-    _check_provenance(profile_name, results.default_root(base=root))
+    with environ(TPRUNE_PROFILE=profile_name):
+        store = results.default_root(base=root)
+        _check_provenance(profile_name, store)
+        stored = store_executed(root, out / "_build" / ".jupyter_cache", store)
+    print(f"tprune book: {len(stored)} executed chapter(s) stored in {store}", flush=True)
     stamp.write_text(toc_hash + "\n")
     code_stamp.write_text(code + "\n")
     marker.parent.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,12 @@ from .findings import (NO_FINDINGS, NO_MODELS, collect_findings, evidence_text, 
 
 log = sphinx_logging.getLogger(__name__)
 
-HEADERS = ("Chapter", "Claim", "Source", "Verdict", "Evidence", "Run")
-COLUMN_WIDTHS = (14, 28, 7, 10, 30, 11)
+# One short line per claim; the evidence and the run that made it fold under the claim (a <details> element).
+HEADERS = ("Chapter", "Claim", "Source", "Verdict")
+COLUMN_WIDTHS = (16, 58, 8, 18)
+# Verdict colours: green / red / amber / grey, readable as text too (the word is always shown).
+VERDICT_COLORS = {"reproduced": "#1b7837", "contradicted": "#b2182b", "inconclusive": "#b35806",
+                  "not testable here": "#5a5a5a"}
 
 
 class findings_placeholder(nodes.General, nodes.Element):
@@ -142,12 +146,30 @@ def findings_nodes(app, docname: str, rows: list[dict]):
     group += head
     body = nodes.tbody()
     for r in rows:
-        verdict = nodes.paragraph()
-        verdict += nodes.strong(text=r["verdict"])
-        body += _row([_chapter_cell(app, docname, r["chapter"]), r["claim"], r["source"], verdict, evidence_text(r),
-                      run_label(r)])
+        body += _row([_chapter_cell(app, docname, r["chapter"]), _claim_cell(r), r["source"], _verdict_cell(r)])
     group += body
     return table
+
+
+def _claim_cell(row: dict):
+    """The claim, with its evidence and the run that made it folded below (HTML builders; plain text elsewhere)."""
+    import html
+    cell = nodes.container(classes=["tprune-claim"])
+    cell += nodes.paragraph(text=row["claim"])
+    folded = (f'<details class="tprune-evidence"><summary>evidence</summary><p>{html.escape(evidence_text(row))}'
+              f'</p><p><small>{html.escape(run_label(row))}</small></p></details>')
+    cell += nodes.raw("", folded, format="html")
+    return cell
+
+
+def _verdict_cell(row: dict):
+    import html
+    color = VERDICT_COLORS.get(row["verdict"], "#5a5a5a")
+    badge = (f'<span class="tprune-verdict" style="background:{color};color:#fff;padding:0.1em 0.5em;'
+             f'border-radius:0.6em;white-space:nowrap;font-weight:600">{html.escape(row["verdict"])}</span>')
+    cell = nodes.container()
+    cell += nodes.raw("", badge, format="html")
+    return cell
 
 
 def models_nodes(rows: list[dict]):

@@ -24,14 +24,22 @@ def add_parser(subparsers) -> None:
 
     build = subparsers.add_parser(
         "book", help="build the book (jupyter-book, -W) into _build/html",
-        description="Sync the Reruns part, then build the book with jupyter-book under -W. The full profile "
-                    "writes _build/html; other profiles write _build/<profile>/_build/html with their own "
+        description="Sync the Reruns part, then build the book with jupyter-book under -W. Chapters whose "
+                    "executed notebook stored in results/ is current (same code cells, same tprune_core code, "
+                    "tables computed from the released weights) are rendered from it without executing; the "
+                    "others are executed, after training the models they need. The full profile writes "
+                    "_build/html; other profiles write _build/<profile>/_build/html with their own "
                     "execution cache. The html folder is recorded in _build/last-build.json for the site check.")
     build.add_argument("--profile", choices=BOOK_PROFILES, default=None,
                        help="full (default: $TPRUNE_PROFILE or full) or smoke (tiny settings)")
     build.add_argument("--reexecute", action="store_true",
                        help="drop this profile's execution cache and run every chapter again (after a change "
                             "in tprune_core: the cache is keyed on the chapters' code cells only)")
+    build.add_argument("--jobs", type=int, default=1,
+                       help="zoo runs trained at once when a chapter must be executed and its models are neither "
+                            "built nor released (2 on a 2-core CPU)")
+    build.add_argument("--no-train", action="store_true",
+                       help="never train: a chapter whose models are missing fails instead")
     build.add_argument("--root", default=None, help="book root (default: this checkout)")
     build.add_argument("jb_args", nargs=argparse.REMAINDER, help="extra arguments for jupyter-book build, after --")
     build.set_defaults(func=_build)
@@ -55,5 +63,6 @@ def _build(args) -> int:
     from .. import book
 
     extra = [a for a in args.jb_args if a != "--"]
-    book.build(root=args.root, profile_name=args.profile, extra_args=extra, reexecute=args.reexecute)
+    book.build(root=args.root, profile_name=args.profile, extra_args=extra, reexecute=args.reexecute,
+               train=not args.no_train, jobs=args.jobs)
     return 0
