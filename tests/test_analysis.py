@@ -156,3 +156,20 @@ def test_buckets_fit_the_requested_training_patch_statistic(monkeypatch):
     b = importance.buckets({"dataset": "toy"}, k=3, stat="std")
     assert b["stat"] == "std" and "stds" in b and "means" not in b and len(b["edges"]) == 2
     assert np.allclose(b["edges"], analysis.kmeans_buckets(px.std(-1).flatten().numpy(), k=3)[1])
+
+
+def test_at_matched_macs_interpolates_along_the_other_methods_curve():
+    import pandas as pd
+    grid = pd.DataFrame([
+        # topk: 1.0 GMACs at keep 0.5, 2.0 at keep 0.9; evit spends 10% more MACs at every keep rate
+        {"family": "ast", "dataset": "d", "seed": 0, "method": "topk", "keep_rate": 0.5, "gmacs": 1.0, "accuracy": 0.7},
+        {"family": "ast", "dataset": "d", "seed": 0, "method": "topk", "keep_rate": 0.9, "gmacs": 2.0, "accuracy": 0.8},
+        {"family": "ast", "dataset": "d", "seed": 0, "method": "evit_fuse", "keep_rate": 0.5, "gmacs": 1.1,
+         "accuracy": 0.60},
+        {"family": "ast", "dataset": "d", "seed": 0, "method": "evit_fuse", "keep_rate": 0.9, "gmacs": 2.2,
+         "accuracy": 0.82},
+    ])
+    out = analysis.at_matched_macs(grid, "topk", "evit_fuse").set_index("keep_rate")
+    assert np.isnan(out.loc[0.5, "accuracy"])                   # 1.0 GMACs: below the cheapest EViT point
+    assert out.loc[0.9, "accuracy"] == pytest.approx(0.60 + (2.0 - 1.1) / (2.2 - 1.1) * 0.22)
+    assert out.loc[0.9, "gmacs"] == 2.0 and set(out.method) == {"evit_fuse"}

@@ -116,6 +116,25 @@ def check_against_flop_counter(family: str, size: str, frames: int, keep_rate: f
 # --------------------------------------------------------------------------------------------------------------
 # Statistics
 
+def at_matched_macs(grid: pd.DataFrame, reference: str, other: str, value: str = "accuracy") -> pd.DataFrame:
+    """``other``'s ``value`` at ``reference``'s MACs, per (family, dataset, seed, keep rate of the reference):
+    linear interpolation along ``other``'s own accuracy-GMACs curve of that model (its keep rates, sorted by GMACs),
+    so methods that spend a few more MACs per keep rate (EViT's fused token, ToMe's similarity product) are compared
+    at equal cost. NaN where the reference's GMACs fall outside the range ``other`` was evaluated at."""
+    rows = []
+    for (fam, ds, seed), g in grid.groupby(["family", "dataset", "seed"]):
+        ref, oth = g[g.method == reference], g[g.method == other].sort_values("gmacs")
+        if ref.empty or len(oth) < 1:
+            continue
+        x, y = oth.gmacs.to_numpy(float), oth[value].to_numpy(float)
+        for r in ref.itertuples():
+            inside = x.min() - 1e-9 <= r.gmacs <= x.max() + 1e-9
+            at = float(np.interp(r.gmacs, x, y)) if inside else float("nan")
+            rows.append({"family": fam, "dataset": ds, "seed": seed, "keep_rate": r.keep_rate, "gmacs": r.gmacs,
+                         "method": other, value: at})
+    return pd.DataFrame(rows)
+
+
 def summarize(df: pd.DataFrame, by: list, value: str = "accuracy", level: float = 0.95) -> pd.DataFrame:
     """Mean, CI and count of ``value`` over the rows of each group, each row one sample: right when a row is one
     model (e.g. an evaluation grid, one row per seed); for per-clip rows use ``per_seed_then_ci``."""

@@ -47,6 +47,15 @@ def setting(method=None, keep_rate=1.0, drop_loc=(3, 6, 9), label=None, **option
             "label": label or (method or "as trained")}
 
 
+def with_model_seed(s: dict, entry: dict) -> dict:
+    """The setting a model is evaluated under: a random draw that fixes no seed uses the model's seed, so the
+    seeds of a table are independent draws too (one shared draw would make three seeds one draw)."""
+    draws = s["method"] == "random" or s["options"].get("matched") == "random"
+    if draws and "seed" not in s["options"]:
+        return dict(s, options=dict(s["options"], seed=int(entry["seed"])))
+    return s
+
+
 def _features_of(meta, split):
     from .train import TrainConfig, load_split
     return load_split(TrainConfig.from_dict(meta["config"]), split, progress=False)
@@ -71,7 +80,7 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
         model = feats = None
         ck_digest = _file_digest(ckpt)
         prec = precision or entry.get("config", {}).get("precision", "fp32")
-        for s in settings:
+        for s in (with_model_seed(s, entry) for s in settings):
             # batch_size is part of the key: random pruning draws one stream per forward call (i.e. per batch)
             key = _digest({"ckpt": ck_digest, "split": split, "setting": {k: s[k] for k in s if k != "label"},
                            "batch_size": batch_size, "precision": prec, "version": EVAL_VERSION})

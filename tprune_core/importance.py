@@ -41,10 +41,11 @@ CONTROL = " (random, same count)"   # label suffix of a bucket drop's matched-bu
 CONTROLLED = ("drop C1-C2", "drop C4-C5")   # the drops the verdicts compare: each gets its control by default
 
 
-def bucket_settings(edges, after_blocks=(0, 3, 6, 9), drops=None, controls=CONTROLLED, seed: int = 0) -> list:
+def bucket_settings(edges, after_blocks=(0, 3, 6, 9), drops=None, controls=CONTROLLED, seed: int | None = None) -> list:
     """intensity_range settings: after block b keep every patch outside the dropped buckets; for the drops named
     in ``controls``, beside each its matched-budget control (every clip drops as many tokens, drawn at random
-    among all its patches), so a bucket is judged against the same number of tokens dropped anywhere."""
+    among all its patches), so a bucket is judged against the same number of tokens dropped anywhere. ``seed``
+    None: each model's control draws with the model's own seed (``experiments.evaluate_grid``)."""
     drops = drops or DROPS
     out = []
     for b in after_blocks:
@@ -54,7 +55,8 @@ def bucket_settings(edges, after_blocks=(0, 3, 6, 9), drops=None, controls=CONTR
                                            keep_ranges=ranges))
             if name in controls:
                 out.append(experiments.setting("intensity_range", 1.0, (b,), label=f"{name}{CONTROL} @ block {b}",
-                                               keep_ranges=ranges, matched="random", seed=seed))
+                                               keep_ranges=ranges, matched="random",
+                                               **({} if seed is None else {"seed": seed})))
     return out
 
 
