@@ -173,3 +173,22 @@ def test_at_matched_macs_interpolates_along_the_other_methods_curve():
     assert np.isnan(out.loc[0.5, "accuracy"])                   # 1.0 GMACs: below the cheapest EViT point
     assert out.loc[0.9, "accuracy"] == pytest.approx(0.60 + (2.0 - 1.1) / (2.2 - 1.1) * 0.22)
     assert out.loc[0.9, "gmacs"] == 2.0 and set(out.method) == {"evit_fuse"}
+
+
+@pytest.mark.parametrize("family", ["ast", "audiomae"])
+def test_drop_map_puts_dropped_patches_on_the_frequency_time_grid(family):
+    """A patch whose image is far louder than the rest is never dropped by mean pruning; the map's rows are
+    frequency (low to high) and its columns time, for both token orders."""
+    from tprune_core import pruning
+    model = create_model(family, "tiny", 96, 5).eval()
+    pruning.apply_pruning(model, "mean", 0.5, (3, 6, 9))
+    x = torch.randn(3, 96, 128) * 0.01
+    x[:, 32:48, 112:128] += 10.0          # time patch 2, the highest frequency patch (mel bins 112-127)
+    with torch.no_grad(), pruning.record(model) as rec:
+        model(x)
+    record = {"family": family, "grid": tuple(model.patch_embed.grid_size), "positions": rec.positions,
+              "kept": rec.kept}
+    m = importance.drop_map(record, 3)
+    assert m.shape == (8, 6)                                   # 8 frequency rows x 6 time columns
+    assert m[7, 2] == 0.0                                      # the loud patch: kept in every clip
+    assert m.sum() == pytest.approx(48 - 24)                   # 24 of 48 tokens dropped per clip, 3 clips averaged

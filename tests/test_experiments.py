@@ -38,3 +38,26 @@ def test_each_model_draws_its_own_random_tokens(tmp_cache, tmp_path, monkeypatch
     seen.clear()
     experiments.evaluate_grid(entries, settings, progress=False)
     assert seen == []
+
+
+@pytest.mark.slow
+def test_clip_correctness_is_the_grid_accuracy_clip_by_clip_with_groups(tmp_cache, one_thread):
+    import numpy as np
+    from tprune_core import train as T
+    from tprune_core.datasets import load_dataset
+    entries = []
+    for seed in (0, 1):
+        cfg = T.TrainConfig(family="ast", dataset="synthetic", frames=32, data_frames=48, epochs=1, batch_size=8,
+                            threads=1, progress=False, drop_path=0.0, freq_mask=0, time_mask=0, seed=seed,
+                            protocol={"flavour": "speech", "per_class": 12, "seconds": 0.4})
+        run_dir = T.train_run(cfg)
+        entries.append({"role": "base", "checkpoint": str(run_dir / "best.pt"), "run_dir": str(run_dir), "family": "ast",
+                        "dataset": "synthetic", "seed": seed, "config": cfg.to_dict()})
+    s = experiments.setting("topk", 0.5)
+    out = experiments.clip_correctness(entries, s, split="test")
+    grid = experiments.evaluate_grid(entries, [s], split="test", progress=False)
+    assert out["correct"].shape == (2, len(out["ids"])) and out["seeds"] == [0, 1]
+    assert np.allclose(out["correct"].mean(1), grid.accuracy.to_numpy())
+    clips = {c.clip_id: c.group for c in load_dataset("synthetic", split="test", flavour="speech", per_class=12,
+                                                      seconds=0.4).clips}
+    assert out["groups"] == [clips[i] for i in out["ids"]] and len(set(out["groups"])) > 1

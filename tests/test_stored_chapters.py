@@ -47,8 +47,9 @@ def book(tmp_path):
     (store / "ch").mkdir(parents=True)
     (store / "ch" / "t.meta.json").write_text(json.dumps({"chapter": "ch", "name": "t",
                                                           "checkpoints": {"ast/x/base/s0": "a" * 64}}))
-    assert stored.store_executed(root, build_cache, store) == ["ch"]
-    assert stored.store_executed(root, build_cache, store) == []     # unchanged: the stamp of the run that made it stays
+    code = stored.package_fingerprint()
+    assert stored.store_executed(root, build_cache, store, code) == ["ch"]
+    assert stored.store_executed(root, build_cache, store, code) == []     # unchanged: the stamp of the run that made it stays
     return root, store
 
 

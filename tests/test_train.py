@@ -275,7 +275,7 @@ def test_full_zoo_plan_matches_the_issue():
     from tprune_core import zoo
     plan = zoo.zoo_plan("full")
     roles = [r for r, _ in plan]
-    assert roles.count("mae") == 1 and roles.count("base") == 12 and roles.count("prune") == 24
+    assert roles.count("mae") == 1 and roles.count("base") == 12 and roles.count("prune") == 36
     assert roles.count("control") == 12   # a keep-rate-1.0 control per fine-tuned parent
     mae = plan[0][1]
     assert {s["dataset"] for s in mae.sources} == {"speechcommands", "urbansound8k"} and mae.mask_ratio == 0.8
@@ -299,14 +299,24 @@ def test_full_zoo_plan_matches_the_issue():
     hashes = {c.hash() for c in base}
     assert len(hashes) == 12
     prune = [c for r, c in plan if r == "prune"]
-    assert {c.keep_rate for c in prune} == {0.7, 0.5}
     for c in prune:
-        assert c.prune_method == "topk" and c.drop_loc == (3, 6, 9)
+        assert c.prune_method in ("topk", "random", "mean") and c.drop_loc == (3, 6, 9) and c.epochs == 2
         assert c.init.startswith("run:") and c.init[4:] in hashes
         parent = next(b for b in base if b.hash() == c.init[4:])
         assert (parent.family, parent.dataset, parent.frames, parent.seed) == (c.family, c.dataset, c.frames, c.seed)
-    # every base model is fine-tuned at both keep rates (the chapters need >= 3 seeds on every point)
-    assert sorted((c.init[4:], c.keep_rate) for c in prune) == sorted((h, k) for h in hashes for k in (0.7, 0.5))
+        # the keep rate nearest a 40% MAC cut of this model (the paper's setting), on a 0.01 grid (ties: same cut)
+        best = min(abs(_cut(c, k / 100) - 0.4) for k in range(50, 81))
+        assert abs(_cut(c, c.keep_rate) - 0.4) == pytest.approx(best)
+        assert c.prune_options == ({"seed": c.seed} if c.prune_method == "random" else {})  # own draw per seed
+    # every base model is fine-tuned with each selector (the chapters need >= 3 seeds on every point)
+    assert sorted((c.init[4:], c.prune_method) for c in prune) == sorted(
+        (h, m) for h in hashes for m in ("topk", "random", "mean"))
+
+
+def _cut(cfg, keep_rate) -> float:
+    from tprune_core.macs import count_macs
+    full = count_macs(cfg.family, cfg.size, cfg.frames, 1.0, cfg.drop_loc)["macs"]
+    return 1 - count_macs(cfg.family, cfg.size, cfg.frames, keep_rate, cfg.drop_loc)["macs"] / full
 
 
 def test_zoo_transfer_from_names_another_dataset(monkeypatch):
@@ -323,9 +333,9 @@ def test_zoo_transfer_from_names_another_dataset(monkeypatch):
 
 def test_zoo_entries_select_roles_and_name_what_is_missing(tmp_cache):
     from tprune_core import zoo
-    with pytest.raises(ConfigError, match=r"prune:ast/synthetic/s0@0.7"):
+    with pytest.raises(ConfigError, match=r"ast/synthetic/topk-0.5/s0, ast/synthetic/random-0.5/s0"):
         zoo.zoo_entries("smoke", roles=["prune"])
-    with pytest.raises(ConfigError, match=r"6 of 6 models not built.*base:"):
+    with pytest.raises(ConfigError, match=r"6 of 6 models not built.*ast/synthetic/base/s0"):
         zoo.zoo_entries("smoke", roles=["base"])
     entries = zoo.zoo_entries("smoke", require=False, roles=["base", "mae"], families=["ast"])
     assert {e["role"] for e in entries} == {"base", "mae"} and {e["family"] for e in entries} == {"ast", "audiomae"}
@@ -342,11 +352,13 @@ def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     models = [e for e in entries if e["role"] != "mae"]
     assert all(e["trained"] and 0 <= e["test_accuracy"] <= 1 for e in models)
     rows = zoo.summarize(entries)
-    assert {(r["family"], r["keep_rate"]) for r in rows} == {(f, k) for f in ("ast", "audiomae") for k in (1.0, 0.7, 0.5)}
+    assert {(r["family"], r["method"], r["keep_rate"]) for r in rows if r["role"] != "base"} == {
+        (f, m, k) for f in ("ast", "audiomae") for m, k in (("topk", 0.5), ("random", 0.5), ("mean", 0.5),
+                                                              ("control", 1.0))}
     assert all(r["n_seeds"] == 3 for r in rows)
-    # pruned fine-tunes are cheaper
-    gm = {(r["family"], r["keep_rate"]): r["test_gmacs"] for r in rows}
-    assert gm[("ast", 0.5)] < gm[("ast", 0.7)] < gm[("ast", 1.0)]
+    # pruned fine-tunes are cheaper, at equal cost whatever selects the tokens
+    gm = {(r["family"], r["method"], r["keep_rate"]): r["test_gmacs"] for r in rows}
+    assert gm[("ast", "random", 0.5)] == gm[("ast", "topk", 0.5)] < gm[("ast", "control", 1.0)]
     model, meta = zoo.load_zoo_model(models[0])
     assert meta["hash"] == models[0]["hash"]
     # A second build finds everything in the cache.
@@ -465,9 +477,10 @@ def test_zoo_controls_and_reverse_direction(monkeypatch):
     for r, c in plan:
         if r == "control":
             sib = [p for p in prune if p.init == c.init]
-            assert len(sib) == 2 and c.keep_rate == 1.0 and c.prune_method == "topk"
-            same = {k: v for k, v in c.to_dict().items() if k != "keep_rate"}
-            assert all({k: v for k, v in p.to_dict().items() if k != "keep_rate"} == same for p in sib)
+            assert len(sib) == 3 and c.keep_rate == 1.0 and c.prune_method == "topk"
+            differ = ("keep_rate", "prune_method", "prune_options")   # the selector and its draw, nothing else
+            same = {k: v for k, v in c.to_dict().items() if k not in differ}
+            assert all({k: v for k, v in p.to_dict().items() if k not in differ} == same for p in sib)
             assert not c.augment_while_shrinking
     maes = [c for r, c in plan if r == "mae"]
     reverse = [c for r, c in plan if r == "reverse"]

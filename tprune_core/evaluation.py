@@ -60,7 +60,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     state = settings(model)
     was_training = model.training
     model.eval()
-    correct, macs, tokens, empty, per_class = 0, [], [], 0, None
+    correct, macs, tokens, empty, per_class, right_all = 0, [], [], 0, None, []
     scores = [] if is_multilabel(y_all) else None   # multi-label: every logit, for mAP
     try:
         bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
@@ -84,6 +84,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
             else:   # one arg-max gives both the count and the per-class tally
                 right = logits.argmax(1).cpu() == y
                 correct += int(right.sum())
+                right_all.append(right)
                 per_class = _per_class(per_class, y, right, logits.shape[1])
             last = last_forward(model) if state is not None else None
             t = last.tokens if last is not None else None
@@ -109,6 +110,8 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
         out.update(multilabel_metrics(torch.cat(scores), y_all))
     else:   # per-class accuracy = correct / clips (a class with no test clip has 0 clips)
         out.update(per_class_correct=per_class[0].tolist(), per_class_clips=per_class[1].tolist())
+        # per clip, row-aligned with the features ("1" right, "0" wrong): for intervals over test clips
+        out["correct_per_clip"] = "".join("1" if r else "0" for r in torch.cat(right_all).tolist())
     if tokens:
         out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
     return out

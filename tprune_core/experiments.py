@@ -26,7 +26,8 @@ from .models import patch_pixels
 from .pruning import apply_pruning, record, remove_pruning
 from .targets import score_fields
 
-EVAL_VERSION = 3  # bump when evaluation numbers change for the same checkpoint and setting (3: random pruning draws from an on-device hash)
+EVAL_VERSION = 4  # bump when evaluation results change for the same checkpoint and setting (3: random pruning draws
+# from an on-device hash; 4: results carry correct_per_clip)
 
 
 def _digest(obj) -> str:
@@ -45,6 +46,12 @@ def setting(method=None, keep_rate=1.0, drop_loc=(3, 6, 9), label=None, **option
     """One pruning setting of a grid. ``method=None``: the model as trained (with the run's own pruning)."""
     return {"method": method, "keep_rate": float(keep_rate), "drop_loc": list(drop_loc), "options": options,
             "label": label or (method or "as trained")}
+
+
+def _eval_key(ck_digest: str, split: str, s: dict, batch_size: int, precision: str) -> str:
+    # batch_size is part of the key: random pruning draws one stream per forward call (i.e. per batch)
+    return _digest({"ckpt": ck_digest, "split": split, "setting": {k: s[k] for k in s if k != "label"},
+                    "batch_size": batch_size, "precision": precision, "version": EVAL_VERSION})
 
 
 def with_model_seed(s: dict, entry: dict) -> dict:
@@ -81,10 +88,7 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
         ck_digest = _file_digest(ckpt)
         prec = precision or entry.get("config", {}).get("precision", "fp32")
         for s in (with_model_seed(s, entry) for s in settings):
-            # batch_size is part of the key: random pruning draws one stream per forward call (i.e. per batch)
-            key = _digest({"ckpt": ck_digest, "split": split, "setting": {k: s[k] for k in s if k != "label"},
-                           "batch_size": batch_size, "precision": prec, "version": EVAL_VERSION})
-            path = root / f"{key}.json"
+            path = root / f"{_eval_key(ck_digest, split, s, batch_size, prec)}.json"
             if path.is_file():
                 res = json.loads(path.read_text())
             else:
@@ -112,6 +116,35 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
                          "n_empty": res.get("n_empty", 0), "split": split, "precision": prec,
                          "source": res.get("source") or "", **score_fields(res)})
     return pd.DataFrame(rows)
+
+
+def clip_correctness(entries, s: dict, split: str = "test", batch_size: int = 128) -> dict:
+    """Per-clip correctness of models of one dataset under setting ``s`` (evaluated through ``evaluate_grid``'s
+    cache): ``{"correct": (n_models, n_clips) 0/1 array, "seeds": [...], "ids": clip ids, "groups": the clip's
+    group (speaker, source recording)}``, row order of the entries; for intervals that resample test clips by group
+    (``verdicts.paired_bootstrap``). Single-label datasets only."""
+    if len({e["dataset"] for e in entries}) != 1:
+        raise ValueError("clip_correctness: entries of one dataset only (their test clips are paired)")
+    evaluate_grid(entries, [s], split=split, batch_size=batch_size, progress=False)
+    root = cache_root() / "evals"
+    rows = []
+    for entry in entries:
+        prec = entry.get("config", {}).get("precision", "fp32")
+        key = _eval_key(_file_digest(entry["checkpoint"]), split, with_model_seed(s, entry), batch_size, prec)
+        res = json.loads((root / f"{key}.json").read_text())
+        rows.append(np.frombuffer(res["correct_per_clip"].encode(), dtype=np.uint8) - ord("0"))
+    ids, groups = _clip_groups(entries[0], split)
+    return {"correct": np.stack(rows), "seeds": [e["seed"] for e in entries], "ids": ids, "groups": groups}
+
+
+def _clip_groups(entry, split):
+    """Clip ids of the split, row-aligned with its features, and each clip's group."""
+    from .datasets import load_dataset
+    from .train import TrainConfig
+    cfg = TrainConfig.from_dict(entry["config"])
+    feats = _features_of({"config": entry["config"]}, split)
+    group_of = {c.clip_id: c.group for c in load_dataset(cfg.dataset, split=split, **cfg.protocol).clips}
+    return list(feats.ids), [group_of[i] for i in feats.ids]
 
 
 def token_records(entry, method="topk", keep_rate=0.5, drop_loc=(3, 6, 9), split="test", max_clips=None,

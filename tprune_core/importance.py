@@ -147,3 +147,16 @@ def quiet_share(tokens: pd.DataFrame) -> pd.DataFrame:
         "score_kept": tokens[tokens.kept].groupby("block").score.mean(),
         "score_pruned": tokens[~tokens.kept].groupby("block").score.mean(),
     }).reset_index()
+
+
+def drop_map(rec: dict, block: int) -> np.ndarray:
+    """Fraction of the recorded clips whose patch at each grid cell was dropped at ``block``, as a (frequency, time)
+    array with frequency rows from low to high whatever the family's token order (AST: frequency-major,
+    AudioMAE: time-major)."""
+    rows, cols = rec["grid"]
+    dropped = np.zeros(rows * cols)
+    for pos, kept in zip(rec["positions"][block], rec["kept"][block]):
+        pos = pos.numpy()
+        np.add.at(dropped, pos[~np.isin(pos, kept.numpy())], 1)
+    grid = (dropped / len(rec["kept"][block])).reshape(rows, cols)
+    return grid if rec["family"] == "ast" else grid.T

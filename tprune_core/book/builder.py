@@ -112,7 +112,7 @@ def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: 
     with environ(TPRUNE_PROFILE=profile_name):
         store = results.default_root(base=root)
         _check_provenance(profile_name, store)
-        stored = store_executed(root, out / "_build" / ".jupyter_cache", store)
+        stored = store_executed(root, out / "_build" / ".jupyter_cache", store, code)
     print(f"tprune book: {len(stored)} executed chapter(s) stored in {store}", flush=True)
     stamp.write_text(toc_hash + "\n")
     code_stamp.write_text(code + "\n")

@@ -74,10 +74,11 @@ def _unchanged(folder: Path, payload: bytes, stamp: dict) -> bool:
     return same and (folder / NOTEBOOK).read_bytes() == payload
 
 
-def store_executed(root: Path, cache_dir: Path, store: Path) -> list[str]:
+def store_executed(root: Path, cache_dir: Path, store: Path, package: str) -> list[str]:
     """Store every chapter whose executed outputs are in the build's jupyter-cache (``cache_dir``) into the
     results store; returns the chapters written. The outputs come from the cache, not from jupyter-book's
-    jupyter_execute/ copies, which hold no outputs when a page was served from the cache."""
+    jupyter_execute/ copies, which hold no outputs when a page was served from the cache. ``package``: the
+    package fingerprint taken when the build started (the code that ran, even if files changed meanwhile)."""
     import nbformat
     from jupyter_cache import get_cache
     cache = get_cache(str(cache_dir))
@@ -91,7 +92,7 @@ def store_executed(root: Path, cache_dir: Path, store: Path) -> list[str]:
         for i, cell in enumerate(nb.cells):   # stable between identical runs: jupytext draws random cell ids
             cell.get("metadata", {}).pop("execution", None)
             cell["id"] = f"cell-{i}"
-        stamp = {"chapter": chapter, "code_hash": _code_hash(nb), "package": package_fingerprint(),
+        stamp = {"chapter": chapter, "code_hash": _code_hash(nb), "package": package,
                  "code_version": results.code_version(), "checkpoints": _table_checkpoints(store, chapter)}
         folder = store / chapter
         folder.mkdir(parents=True, exist_ok=True)
