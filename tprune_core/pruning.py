@@ -436,6 +436,8 @@ def _attend_received(attn, q, k, v, query_start, mask=None):
 # The re-classed modules. Each mixin sits in front of the module's own class, so everything else stays timm's.
 
 class _ScoringAttention:
+    # Mirrors timm 1.0.31 `vision_transformer.Attention.forward` (qkv, q/k norm, fused or explicit softmax, norm,
+    # proj) and also returns the head-averaged scores the drop needs; re-check it when timm is upgraded.
     def forward(self, x, attn_mask=None, is_causal=False, score_mode=None, query_start=1):
         if score_mode is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
@@ -467,6 +469,8 @@ class _ScoringAttention:
 
 
 class _PrunedBlock:
+    # Mirrors timm 1.0.31 `vision_transformer.Block.forward` (norm1, attn, ls1, drop_path1, then the MLP branch),
+    # with the token drop after the attention branch (scored by it) and before the MLP branch.
     def forward(self, x, attn_mask=None, is_causal=False):
         st: PruneState = self._tprune
         i = self._tprune_index
