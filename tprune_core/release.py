@@ -222,6 +222,9 @@ def _evaluate_fp16(cfg, state, progress: bool) -> dict:
 def _record_for(role: str, cfg, profile: str, path: Path, progress: bool) -> dict:
     from safetensors.torch import save_file
     run_dir = zoo_root() / cfg.hash()
+    if (run_dir / MARKER).is_file():
+        raise ReleaseError(f"{run_dir}: written from a release file, its float32 checkpoint is gone; pack the run "
+                           "where it was trained")
     common = {"role": role, "hash": cfg.hash(), "seed": cfg.seed, "config": cfg.to_dict(), "parents": _parents(cfg)}
     if role == "mae":
         ck = torch.load(run_dir / "encoder.pt", map_location="cpu", weights_only=True)
@@ -243,10 +246,11 @@ def _record_for(role: str, cfg, profile: str, path: Path, progress: bool) -> dic
                    val_accuracy=m["val"]["accuracy"], test_accuracy=m["test"]["accuracy"],
                    val_accuracy_fp32=s["val_accuracy"], test_accuracy_fp32=t["accuracy"],
                    val={k: v for k, v in m["val"].items() if isinstance(v, (int, float, str))},
-                   test={k: v for k, v in dict(t, **m["test"]).items() if k != "hash"},
+                   test={k: v for k, v in dict(t, **m["test"]).items() if k not in ("hash", "correct_per_clip")},
                    training={k: s.get(k) for k in ("train_seconds", "steps", "n_train", "n_val", "train_source",
                                                    "machine", "torch", "threads", "device", "final_sha256",
                                                    "code_version", "history")})
+    path.chmod(0o644)
     rec.update(file=path.name, sha256=sha256_file(path), bytes=path.stat().st_size,
                params=int(sum(v.numel() for v in state.values())), torch=torch.__version__)
     return rec
