@@ -245,7 +245,8 @@ def _record_for(role: str, cfg, profile: str, path: Path, progress: bool) -> dic
                    norm=[float(v) for v in norm] if norm is not None else None, best_epoch=ck["epoch"],
                    val_accuracy=m["val"]["accuracy"], test_accuracy=m["test"]["accuracy"],
                    val_accuracy_fp32=s["val_accuracy"], test_accuracy_fp32=t["accuracy"],
-                   val={k: v for k, v in m["val"].items() if isinstance(v, (int, float, str))},
+                   val={k: v for k, v in m["val"].items()
+                        if isinstance(v, (int, float, str)) and k != "correct_per_clip"},
                    test={k: v for k, v in dict(t, **m["test"]).items() if k not in ("hash", "correct_per_clip")},
                    training={k: s.get(k) for k in ("train_seconds", "steps", "n_train", "n_val", "train_source",
                                                    "machine", "torch", "threads", "device", "final_sha256",
