@@ -548,3 +548,16 @@ def test_stub_book_builds_reruns_and_findings_end_to_end(tmp_path, monkeypatch, 
     report = site_check.check_site(html, tmp_path / "shots", browser=True, chromium=site_check.ensure_chromium(),
                                    log=lambda *_: None)
     assert not any(report.values()), report
+
+
+def test_a_dataset_the_zoo_has_no_models_of_is_refused_before_running(capsys):
+    """`tprune run pruning-tradeoffs -p datasets '["/data/digits"]'`: a one-line error naming the dataset, what
+    the profile has and what to do, before anything executes (no papermill traceback)."""
+    from tprune_core.cli import main
+    code = main(["run", "pruning-tradeoffs", "-p", "datasets", '["/data/digits"]'])
+    err = capsys.readouterr().err
+    assert code == 2 and "dataset '/data/digits': zoo profile 'full' has no models of it" in err
+    assert "speechcommands, urbansound8k" in err and "Traceback" not in err
+    assert not list((REPO / "book" / "reruns").glob("pruning-tradeoffs-*.ipynb"))
+    code = main(["run", "pruning-tradeoffs", "-p", "families", '["deit"]', "--profile", "smoke"])
+    assert code == 2 and "family 'deit': zoo profile 'smoke' has no models of it" in capsys.readouterr().err

@@ -330,11 +330,25 @@ def hardware_summary(entries, prov: dict | None = None) -> dict:
     return out
 
 
+def check_selection(profile: str, families=None, datasets=None):
+    """Refuse a family or dataset the profile has no models of, saying what it has and what to do instead."""
+    spec = _spec(profile)
+    for what, asked, known in (("dataset", datasets, list(spec["datasets"])), ("family", families, spec["families"])):
+        unknown = [x for x in (asked or []) if x not in known]
+        if unknown:
+            raise ConfigError(
+                f"{what} {', '.join(map(repr, unknown))}: zoo profile {profile!r} has no models of it (its "
+                f"{what} list: {', '.join(known)}). The chapters run on the zoo's trained models only; for audio of "
+                f"your own, train models first (`tprune train --dataset PATH --pretrained release:mae --family "
+                f"audiomae`, README: Your own audio)")
+
+
 def zoo_entries(profile: str = "full", require: bool = True, families=None, datasets=None, roles=None) -> list:
     """Metadata of the models of a profile (the chapters' entry point), optionally only some families / datasets /
     roles ("mae", "base", "prune"). ``require``: raise if any of the selected models is not built (a chapter never
     runs on part of its models). Released models (``release``) count as built: they are written into the cache
     from the repository's release first."""
+    check_selection(profile, families, datasets)
     release.materialize(profile)
     entries = [_entry(role, cfg) for role, cfg in zoo_plan(profile)]
     entries = [e for e in entries if (roles is None or e["role"] in roles) and (e["role"] == "mae" or (

@@ -98,6 +98,10 @@ def _checked_params(source: Path, names: list[str], params: dict, profile_name: 
     if profile_name not in BOOK_PROFILES:
         raise ConfigError(f"--profile {profile_name!r}: expected one of {', '.join(BOOK_PROFILES)}")
     params = results.canonical_params(params)
+    if {"datasets", "families"} & set(params):   # before hours of work: the zoo must have models of them
+        from .. import zoo
+        zoo_profile = params.get("zoo_profile") or ("smoke" if profile_name == "smoke" else "full")
+        zoo.check_selection(zoo_profile, params.get("families"), params.get("datasets"))
     return {n: params[n] for n in names if n in params}, profile_name
 
 
