@@ -30,7 +30,6 @@ machine shared with other work they can run many times slower; ``--threads 1`` f
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import statistics
@@ -286,11 +285,7 @@ def checkpoint_digest(path) -> str:
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _DIGESTS[key] = h.hexdigest()
+        _DIGESTS[key] = release.sha256_file(path)
     return _DIGESTS[key]
 
 
