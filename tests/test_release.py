@@ -174,3 +174,29 @@ def test_a_release_name_gives_a_training_start(env):
         release.init_from_release("ast/synthetic/s1", "audiomae", "smoke")
     with pytest.raises(ReleaseError, match=r"released: mae, .*ast/synthetic/s0"):
         release.resolve("ast/birds/s0", "smoke")
+
+
+def test_zoo_verify_and_list_on_the_command_line(env, capsys, tmp_path, monkeypatch):
+    from tprune_core.cli import main
+    assert main(["zoo", "verify", "--profile", "smoke"]) == 0
+    assert "every sha256 matches" in capsys.readouterr().out
+    assert main(["zoo", "--list", "--profile", "smoke", "--roles", "mae,base"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert sum(" released " in line for line in listed) == len(release.released("smoke"))
+    assert any(" missing " in line and " prune " in line for line in listed)   # derived models: not released
+    import shutil
+    copy = tmp_path / "zoo"
+    shutil.copytree(env["root"] / "zoo", copy)
+    monkeypatch.setenv("TPRUNE_RELEASE", str(copy))
+    victim = copy / "smoke" / release.read_manifest("smoke")["models"][0]["file"]
+    victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
+    assert main(["zoo", "verify", "--profile", "smoke"]) == 2
+    assert victim.name in capsys.readouterr().err
+    assert main(["zoo", "--roles", "mae,typo"]) == 2 and "--roles: typo" in capsys.readouterr().err
+
+
+def test_a_materialized_run_missing_its_weights_is_written_again(env):
+    release.materialize("smoke")
+    h = next(h for h, r in release.released("smoke").items() if r["role"] == "base")
+    (zoo.zoo_root() / h / "best.pt").unlink()
+    assert release.materialize("smoke") == [h] and (zoo.zoo_root() / h / "best.pt").is_file()

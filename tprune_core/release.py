@@ -165,8 +165,9 @@ def materialize(profile: str, hashes=None) -> list:
             continue
         run_dir = zoo_root() / h
         marker = run_dir / MARKER
-        if marker.is_file() and read_json(marker).get("sha256") == record["sha256"]:
-            continue
+        weights = run_dir / ("encoder.pt" if record["role"] == "mae" else "best.pt")
+        if marker.is_file() and weights.is_file() and read_json(marker).get("sha256") == record["sha256"]:
+            continue   # already written from this very file
         state = read_weights(record, profile)
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("state.pt", "test.json", "train.json", "mae.json"):
