@@ -209,11 +209,12 @@ def _evaluate_fp16(cfg, state, progress: bool) -> dict:
     from .models import create_model
     from .train import architecture, load_split
     from .runtime import cpu_threads
+    model = create_model(cfg.family, cfg.size, cfg.frames, state["head.weight"].shape[0], mel=cfg.mel,
+                         **architecture(cfg))
+    model.load_state_dict(state)
     out = {}
     for split in ("val", "test"):
         data = load_split(cfg, split, progress)
-        model = create_model(cfg.family, cfg.size, cfg.frames, len(data.classes), mel=cfg.mel, **architecture(cfg))
-        model.load_state_dict(state)
         with cpu_threads(cfg.threads):
             out[split] = evaluate(model.eval(), data, batch_size=cfg.eval_batch_size, split=split,
                                   precision=cfg.precision)
