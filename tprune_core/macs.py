@@ -15,8 +15,8 @@ import torch
 from .errors import ConfigError
 from .models import create_model, explicit_attention
 from .pruning import kept_count, last_forward, settings, tome_rounds
-from .rules import (DEFAULT_DROP_LOC, MEL_BINS, PATCH, PER_CLIP, SIZES, check_drop_loc, check_keep_rate,
-                    check_method, check_model, check_positive_int, depth_of)
+from .rules import (DEFAULT_DROP_LOC, MEL_BINS, PATCH, SIZES, check_drop_loc, check_keep_rate, check_method,
+                    check_model, check_positive_int, depth_of, load_function, pruning_method)
 
 
 @dataclass(frozen=True)
@@ -53,20 +53,28 @@ def block_macs(d: Dims, n_attn: int, n_mlp: int) -> dict:
 
 
 def drop_extra_macs(d: Dims, method: str, n_patch_in: int, removed: int, fused_before: bool) -> int:
-    """MACs a drop stage itself spends (zero for the ranking methods)."""
-    if removed == 0:
+    """MACs a drop stage itself spends: its record's ``extra_macs`` (none for the ranking methods)."""
+    extra = pruning_method(method).extra_macs
+    if removed == 0 or extra is None:
         return 0
-    if method == "evit_fuse":  # weighted sum over the pruned tokens and the previous fused token
-        return (removed + fused_before) * d.dim
-    if method == "tome":
-        return sum(a * b * d.dim for a, b in tome_rounds(n_patch_in, removed))
-    return 0
+    return load_function(extra)(d, n_patch_in, removed, fused_before)
+
+
+def evit_fuse_macs(d: Dims, n_patch_in: int, removed: int, fused_before: bool) -> int:
+    """The weighted sum over the pruned tokens and the previous fused token."""
+    return (removed + fused_before) * d.dim
+
+
+def tome_macs(d: Dims, n_patch_in: int, removed: int, fused_before: bool) -> int:
+    """Token similarity (src x dst dot products) of every bipartite matching round."""
+    return sum(a * b * d.dim for a, b in tome_rounds(n_patch_in, removed))
 
 
 def token_schedule(d: Dims, keep_rate: float = 1.0, drop_loc=DEFAULT_DROP_LOC, method: str = "topk") -> list:
     """(tokens entering attention, tokens entering the MLP, patch tokens removed) per block, for the methods whose
-    budget is the same for every clip (all but intensity_range and adaptive)."""
-    if method in PER_CLIP:
+    budget is the same for every clip (``rules.fixed_budget_methods()``: all but intensity_range and adaptive)."""
+    spec = pruning_method(method)
+    if spec.per_clip:
         raise ConfigError(f"method: {method} keeps a different number of tokens per clip; count from a forward "
                           "pass (model_macs after calling the model)")
     n, fused, rows = d.n_patches, 0, []
@@ -75,7 +83,7 @@ def token_schedule(d: Dims, keep_rate: float = 1.0, drop_loc=DEFAULT_DROP_LOC, m
         if b in drop_loc:
             k = kept_count(n, keep_rate)
             removed, n = n - k, k
-            fused = fused or int(method == "evit_fuse" and removed > 0)
+            fused = fused or int(spec.fuses and removed > 0)
         rows.append((n_attn, d.prefix + fused + n, removed))
     return rows
 
@@ -83,11 +91,11 @@ def token_schedule(d: Dims, keep_rate: float = 1.0, drop_loc=DEFAULT_DROP_LOC, m
 def macs_from_tokens(d: Dims, tokens, method: str = "topk") -> dict:
     """Per-block and total MACs for one clip, given its (depth, 3) token counts (see ``token_schedule``)."""
     parts = {"patch_embed": d.n_patches * d.dim * d.in_chans * PATCH * PATCH}
-    per_block, fused = [], False
+    per_block, fused, fuses = [], False, pruning_method(method).fuses
     for n_attn, n_mlp, removed in torch.as_tensor(tokens).tolist():
         blk = block_macs(d, n_attn, n_mlp)
         blk["drop"] = drop_extra_macs(d, method, n_attn - d.prefix - fused, removed, fused)
-        fused = fused or (method == "evit_fuse" and removed > 0)
+        fused = fused or (fuses and removed > 0)
         per_block.append(sum(blk.values()))
         for k, v in blk.items():
             parts[k] = parts.get(k, 0) + v

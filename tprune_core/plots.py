@@ -5,13 +5,19 @@ import matplotlib.pyplot as plt
 import numpy as np
 import seaborn as sns
 
-# One colour per method throughout the book (colour-blind-safe palette).
+from .rules import registered_methods
+
+# One colour per method throughout the book (colour-blind-safe palette; each method's record picks its index).
 _PALETTE = sns.color_palette("colorblind", 10)
-METHOD_COLORS = {
-    "topk": _PALETTE[0], "random": _PALETTE[7], "evit_fuse": _PALETTE[2], "tome": _PALETTE[4],
-    "mean": _PALETTE[1], "std": _PALETTE[8], "adaptive": _PALETTE[5], "intensity_range": _PALETTE[6],
-    "topk (fine-tuned)": _PALETTE[9], "unpruned": (0.2, 0.2, 0.2),
-}
+
+
+def method_colors() -> dict:
+    """Colour of every registered method that names one, and of the two settings that are not methods."""
+    colors = {m.name: _PALETTE[m.color] for m in registered_methods() if m.color is not None}
+    return {**colors, "topk (fine-tuned)": _PALETTE[9], "unpruned": (0.2, 0.2, 0.2)}
+
+
+METHOD_COLORS = method_colors()
 FAMILY_COLORS = {"ast": _PALETTE[0], "audiomae": _PALETTE[3]}
 FAMILY_LABELS = {"ast": "AST-style (supervised)", "audiomae": "AudioMAE-style (MAE pretrained)"}
 DATASET_LABELS = {"urbansound8k": "UrbanSound8K (general audio)", "speechcommands": "Speech Commands (speech)",
@@ -34,7 +40,7 @@ def ci_err(mean, lo, hi):
 def errorbar_lines(ax, df, x, y, hue, lo=None, hi=None, colors=None, marker="o", label_fmt=str):
     """Lines of ``y`` over ``x`` per ``hue`` with CI error bars from columns ``lo``/``hi`` (default y_lo/y_hi)."""
     lo, hi = lo or f"{y}_lo", hi or f"{y}_hi"
-    colors = colors or METHOD_COLORS
+    colors = colors or method_colors()
     for key, g in df.groupby(hue, sort=False):
         g = g.sort_values(x)
         err = ci_err(g[y], g[lo], g[hi]) if lo in g and hi in g else None

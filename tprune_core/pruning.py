@@ -37,16 +37,25 @@ import torch.nn.functional as F
 
 from timm.models.vision_transformer import Block
 
+from . import rules
 from .errors import ConfigError
 from .models import patch_pixels
-from .rules import FIXED_BUDGET, METHODS, OPTIONS, PATCH_STAT, PER_CLIP, SCORED, check_pruning
+from .rules import check_pruning, fixed_budget_methods, load_function, pruning_method
 
 __all__ = ["METHODS", "FUSED_POSITION", "PADDING_POSITION", "PruneSettings", "LastForward", "PruneRecord",
            "apply_pruning", "remove_pruning", "set_keep_rate", "is_pruned", "settings", "last_forward",
-           "call_count", "set_call_count", "record", "hidden_before", "forward_from", "kept_count", "tome_rounds"]
+           "call_count", "set_call_count", "record", "hidden_before", "forward_from", "kept_count", "tome_rounds",
+           "keep_highest"]
 
 FUSED_POSITION = -1                             # provenance of evit_fuse's extra token
 PADDING_POSITION = -2                           # LastForward.positions: no token here (per-clip methods pad)
+
+
+def __getattr__(name: str):
+    """``METHODS``, ``PER_CLIP``, ...: re-exported from ``rules`` as views of its method records."""
+    if name in ("METHODS", "SCORED", "PER_CLIP", "FIXED_BUDGET", "PATCH_STAT", "OPTIONS"):
+        return getattr(rules, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def kept_count(n: int, keep_rate: float) -> int:
@@ -137,6 +146,8 @@ class PruneState:
         self.family = model.family
         self.prefix = model.num_prefix_tokens
         self.settings = settings
+        self.spec = pruning_method(settings.method)    # the method's record: flags, options
+        self.drop = load_function(self.spec.select)    # its select function (see ``select``), imported once here
         self.record: PruneRecord | None = None
         self.calls_now = None   # during a forward: the model's call counter (a tensor on its device), for random
         self._done = None       # what the last forward left (tensors, not yet read into Python)
@@ -165,11 +176,11 @@ class PruneState:
         b, n = x.shape[0], model.patch_embed.num_patches
         self.calls_now = model._tprune_calls
         self.positions = torch.arange(n, device=x.device).expand(b, n)
-        self.stat = None
-        if self.method in PATCH_STAT:
+        self.stat = None   # (B, n) the method's patch statistic (``patch_stat``), following the kept tokens
+        if self.spec.patch_stat is not None:
             pixels = patch_pixels(model, x)
-            self.stat = pixels.std(dim=-1) if self.method == "std" else pixels.mean(dim=-1)
-        self.sizes = torch.ones(b, n, device=x.device) if self.method == "tome" else None
+            self.stat = pixels.std(dim=-1) if self.spec.patch_stat == "std" else pixels.mean(dim=-1)
+        self.sizes = None  # tome: (B, n) patches merged into each token, from its first drop on
         self.fused = 0   # 1 once evit_fuse has made its extra token (it sits right after the prefix tokens)
         self.valid = None  # per-clip methods in a batch: (B, n) which patch tokens are real, not padding
         self.counts = []   # per block: a (attn, mlp, removed) tuple for the whole batch, or a (B, 3) tensor
@@ -180,7 +191,7 @@ class PruneState:
     def may_drop(self, n_tokens: int) -> bool:
         """False when a drop stage would keep every token anyway (keep rate 1.0): then it costs nothing."""
         n = n_tokens - self.special()
-        return self.method in PER_CLIP or kept_count(n, self.keep_rate) < n
+        return self.spec.per_clip or kept_count(n, self.keep_rate) < n
 
     def keep(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Special tokens plus patch tokens ``idx`` (B, k) of ``x``, in one indexed copy; provenance follows."""
@@ -240,56 +251,103 @@ def _summary(b, counts, positions, valid, fused, calls) -> LastForward:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The drop: which patch tokens survive a block. Each function reads and updates a PruneState.
+# The drop: which patch tokens survive a block. Each method's record (rules.register_method) names its select
+# function; each reads and updates a PruneState: ``keep_rate``, ``options``, ``special()`` (prefix tokens, plus
+# evit's fused token), ``stat`` (its patch statistic), ``keep(x, idx)`` (the indexed copy that carries provenance).
 
 def select(st: PruneState, block: int, x: torch.Tensor, scores: torch.Tensor | None) -> torch.Tensor:
-    """Drop patch tokens of ``x`` (B, N, D) after block ``block``'s attention. ``scores``: (B, N - prefix)."""
+    """Drop patch tokens of ``x`` (B, N, D) after block ``block``'s attention, by the method's select function.
+    ``scores``: (B, N - prefix) attention scores (a scored method, or recording), fused token first; else None."""
+    return st.drop(st, block, x, scores)
+
+
+def keep_highest(st: PruneState, x: torch.Tensor, rank: torch.Tensor) -> torch.Tensor:
+    """A fixed budget: the ``kept_count`` patch tokens of highest ``rank`` (B, n), kept in patch order."""
+    n = x.shape[1] - st.special()
+    k = kept_count(n, st.keep_rate)
+    return x if k == n else st.keep(x, _highest(rank, k))
+
+
+def _highest(rank: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, k) indices of the ``k`` highest entries of each row of ``rank``, in ascending (patch) order."""
+    return rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+
+
+def select_topk(st: PruneState, block: int, x, scores):
+    return keep_highest(st, x, scores[:, st.fused:])
+
+
+def select_random(st: PruneState, block: int, x, scores):
+    n = x.shape[1] - st.special()
+    if kept_count(n, st.keep_rate) == n:   # drawn only when asked for
+        return x
+    return keep_highest(st, x, _random(st, x.shape[0], n, block, x.device))
+
+
+def select_by_patch_stat(st: PruneState, block: int, x, scores):
+    """mean / std: the tokens whose patch statistic (``patch_stat`` of the record) is highest."""
+    return keep_highest(st, x, st.stat)
+
+
+def select_evit_fuse(st: PruneState, block: int, x, scores):
+    """EViT: the top-scored tokens stay, the others become one fused token (right after the prefix tokens)."""
     s = st.special()
     n = x.shape[1] - s
-    if st.method == "tome":
-        return _tome(st, x, n - kept_count(n, st.keep_rate))
-    patch_scores = scores[:, st.fused:] if scores is not None else None
-    if st.method in PER_CLIP:
-        return _select_per_clip(st, x, patch_scores, block)
     k = kept_count(n, st.keep_rate)
     if k == n:
         return x
-    if st.method == "random":   # drawn only when asked for
-        rank = _random(st, x.shape[0], n, block, x.device)
-    else:
-        rank = {"topk": patch_scores, "evit_fuse": patch_scores, "mean": st.stat, "std": st.stat}[st.method]
-    idx = rank.topk(k, dim=1, sorted=False).indices.sort(dim=1).values
-    if st.method == "evit_fuse" and idx.shape[1] < n:
-        fused = _fuse(st, x, scores, idx)
-        out = torch.cat([x[:, :st.prefix], fused, _gather(x, idx + s)], dim=1)
-        st.fused = 1
-        st.positions = torch.gather(st.positions, 1, idx)
-        return out
-    return st.keep(x, idx)
+    idx = _highest(scores[:, st.fused:], k)
+    fused = _fuse(st, x, scores, idx)
+    out = torch.cat([x[:, :st.prefix], fused, _gather(x, idx + s)], dim=1)
+    st.fused = 1
+    st.positions = torch.gather(st.positions, 1, idx)
+    return out
 
 
-def _select_per_clip(st: PruneState, x, patch_scores, block: int):
-    """intensity_range / adaptive: every clip keeps its own number of tokens (a budget that depends on the clip:
-    these two read counts into Python and do not compile into one graph). A batch stays one tensor: each clip
-    keeps its tokens in patch order, padded to the batch's largest count, and ``valid`` marks the real ones;
-    later blocks mask the padding out of attention, scoring and pooling, so each clip's output is the one it gets
-    alone (tested), and token counts (hence MACs) are per clip, as a variable-length runtime would execute.
-    ``matched="random"`` (intensity_range): the control of a bucket drop at the same budget: each clip keeps as
-    many tokens as the intensity range would leave it, drawn at random among its tokens."""
+def select_tome(st: PruneState, block: int, x, scores):
+    n = x.shape[1] - st.special()
+    return _tome(st, x, n - kept_count(n, st.keep_rate))
+
+
+def select_intensity_range(st: PruneState, block: int, x, scores):
+    """The tokens whose patch mean lies in a kept range. ``matched="random"``: the control of a bucket drop at the
+    same budget: each clip keeps as many tokens as the intensity range would leave it, drawn at random among its
+    tokens."""
     b, n = x.shape[0], x.shape[1] - st.special()
-    valid = st.valid if st.valid is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
-    if st.method == "intensity_range":
-        keep = _in_range(st.stat, st.options) & valid
-        if st.options.get("matched") == "random":
-            draw = _random(st, b, n, block, x.device).masked_fill(~valid, -1)   # hashes are >= 0
-            order = draw.argsort(dim=1, descending=True)
-            ranks = torch.arange(n, device=x.device).expand(b, n) < keep.sum(1, keepdim=True)
-            keep = torch.zeros_like(valid).scatter_(1, order, ranks)
-    else:
-        cap = torch.ceil(st.keep_rate * valid.sum(1) - 1e-9).clamp_min(1).long()
-        k = torch.minimum(_adaptive_count(patch_scores.masked_fill(~valid, 0.0), st.options.get("mass", 0.9)), cap)
-        rank = patch_scores.masked_fill(~valid, -math.inf).argsort(dim=1, descending=True, stable=True)
-        keep = torch.zeros_like(valid).scatter_(1, rank, torch.arange(n, device=x.device).expand(b, n) < k[:, None])
+    valid = _valid(st, x)
+    keep = _in_range(st.stat, st.options) & valid
+    if st.options.get("matched") == "random":
+        draw = _random(st, b, n, block, x.device).masked_fill(~valid, -1)   # hashes are >= 0
+        order = draw.argsort(dim=1, descending=True)
+        ranks = torch.arange(n, device=x.device).expand(b, n) < keep.sum(1, keepdim=True)
+        keep = torch.zeros_like(valid).scatter_(1, order, ranks)
+    return _keep_per_clip(st, x, keep)
+
+
+def select_adaptive(st: PruneState, block: int, x, scores):
+    """The fewest top-scored tokens that hold ``mass`` of the clip's attention, at most the keep rate's count."""
+    b, n = x.shape[0], x.shape[1] - st.special()
+    valid = _valid(st, x)
+    patch_scores = scores[:, st.fused:]
+    cap = torch.ceil(st.keep_rate * valid.sum(1) - 1e-9).clamp_min(1).long()
+    k = torch.minimum(_adaptive_count(patch_scores.masked_fill(~valid, 0.0), st.options.get("mass", 0.9)), cap)
+    rank = patch_scores.masked_fill(~valid, -math.inf).argsort(dim=1, descending=True, stable=True)
+    keep = torch.zeros_like(valid).scatter_(1, rank, torch.arange(n, device=x.device).expand(b, n) < k[:, None])
+    return _keep_per_clip(st, x, keep)
+
+
+def _valid(st: PruneState, x) -> torch.Tensor:
+    """(B, n) which patch tokens of a per-clip batch are real (all of them before its first drop)."""
+    b, n = x.shape[0], x.shape[1] - st.special()
+    return st.valid if st.valid is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
+
+
+def _keep_per_clip(st: PruneState, x, keep: torch.Tensor):
+    """Per-clip methods: every clip keeps its own tokens ``keep`` (B, n) (a budget that depends on the clip: these
+    read counts into Python and do not compile into one graph). A batch stays one tensor: each clip keeps its
+    tokens in patch order, padded to the batch's largest count, and ``valid`` marks the real ones; later blocks
+    mask the padding out of attention, scoring and pooling, so each clip's output is the one it gets alone
+    (tested), and token counts (hence MACs) are per clip, as a variable-length runtime would execute."""
     if st.valid is None and bool(keep.all()):
         return x
     count = keep.sum(1)
@@ -363,6 +421,8 @@ def _tome(st: PruneState, x, remove):
     """Token merging by bipartite soft matching on the patch tokens, size-weighted averages."""
     s = st.special()
     head, t = x[:, :s], x[:, s:]
+    if st.sizes is None:   # the first drop of a forward: every token is one patch
+        st.sizes = torch.ones(t.shape[0], t.shape[1], device=x.device)
     for _ in tome_rounds(t.shape[1], remove):
         r = min(remove, (t.shape[1] + 1) // 2)
         metric = t / t.norm(dim=-1, keepdim=True).clamp_min(1e-12)
@@ -485,7 +545,7 @@ class _PrunedBlock:
             st.log_tokens(n_in, x.shape[1], x.shape[1], 0, x.shape[0], x.device)
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         scores = None
-        if st.record is not None or (drops and st.method in SCORED):
+        if st.record is not None or (drops and st.spec.scored):
             mode = "cls" if st.family == "ast" else "received"
             y, scores = self.attn(self.norm1(x), attn_mask=attn_mask, score_mode=mode, query_start=st.special())
             scores = scores[:, st.prefix:]
@@ -519,11 +579,11 @@ def _pad_positions(rows: list) -> torch.Tensor:
 class _PrunedModel:
     def forward(self, x, **kwargs):
         st: PruneState = self._tprune
-        if st.method in PER_CLIP and torch.compiler.is_compiling():
+        if st.spec.per_clip and torch.compiler.is_compiling():
             raise ConfigError(f"{st.method}: its token budget depends on the clip (data-dependent shapes), so it "
                               f"cannot be compiled as one graph; run it eagerly or use a static-budget method "
-                              f"({', '.join(FIXED_BUDGET)})")
-        if st.method in PER_CLIP and x.shape[0] > 1 and st.record is not None:
+                              f"({', '.join(fixed_budget_methods())})")
+        if st.spec.per_clip and x.shape[0] > 1 and st.record is not None:
             # Records hold each clip's own tokens, so a recorded per-clip method runs clip by clip.
             outs, lasts = [], []
             for i in range(x.shape[0]):

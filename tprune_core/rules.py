@@ -1,13 +1,17 @@
 """Every rule and every list of allowed values, in one torch-free module.
 
 The model factory, the MAC counter, pruning, the benchmark, the training configs and the command line all read
-these names, so a new method or model size is added here once. Importing this module must never import torch:
-``tprune --help`` builds its ``choices=`` from it.
+these names, so a new model size is added here once, and a new pruning method is one ``register_method`` call
+(its record: name, flags, options, and its select and extra-MACs functions named lazily). Importing this module must
+never import torch: ``tprune --help`` builds its ``choices=`` from it.
 
 Each ``check_*`` raises ``ConfigError`` with a message that names the parameter and says what was expected.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import math
 from numbers import Integral
 
@@ -22,15 +26,7 @@ SIZES = {  # name: (embed_dim, depth, num_heads)
     "base": (768, 12, 12),
 }
 DEFAULT_DROP_LOC = (3, 6, 9)
-
-METHODS = ("topk", "random", "mean", "std", "evit_fuse", "tome", "intensity_range", "adaptive")
-SCORED = frozenset({"topk", "evit_fuse", "adaptive"})      # rank by attention
-PER_CLIP = frozenset({"intensity_range", "adaptive"})      # keep counts differ between clips
-FIXED_BUDGET = tuple(m for m in METHODS if m not in PER_CLIP)  # same token count for every clip
-PATCH_STAT = frozenset({"mean", "std", "intensity_range"})  # rank by a statistic of the patch's pixels
-OPTIONS = {"random": {"seed"}, "intensity_range": {"keep_ranges", "lo", "hi", "matched", "seed"},
-           "adaptive": {"mass"}}
-MATCHED_CONTROLS = ("random",)   # intensity_range's control: the same count per clip, drawn elsewhere
+# Pruning methods (METHODS, FIXED_BUDGET, PER_CLIP, ...): one record each, registered at the end of this module.
 
 PRECISIONS = ("auto", "fp32", "bf16")       # training / evaluation: auto = bf16 autocast on CUDA, fp32 on CPU
 BENCH_DTYPES = ("fp32", "bf16", "fp16")     # autocast dtypes the benchmark times
@@ -113,7 +109,7 @@ def check_patch_multiple(name: str, value) -> None:
 
 
 def check_method(method) -> None:
-    check_one_of("method", METHODS, method)
+    check_one_of("method", method_names(), method)
 
 
 def is_keep_rate(value) -> bool:
@@ -143,16 +139,15 @@ def check_drop_loc(drop_loc, depth: int) -> None:
 
 
 def check_options(method: str, options: dict) -> None:
-    """The keyword options a pruning method takes (``OPTIONS``), and their ranges."""
-    allowed = OPTIONS.get(method, set())
+    """The keyword options a pruning method takes (its record's ``options``), and their ranges (its
+    ``check_options``)."""
+    record = _METHODS.get(method)
+    allowed = record.options if record else frozenset()
     unknown = set(options) - allowed
     if unknown:
         raise ConfigError(f"{method}: unknown option(s) {sorted(unknown)}; expected {sorted(allowed) or 'none'}")
-    if method == "intensity_range" and options.get("matched") not in (None, *MATCHED_CONTROLS):
-        raise ConfigError(f"intensity_range: matched must be one of {MATCHED_CONTROLS} or absent, got "
-                          f"{options['matched']!r}")
-    if method == "adaptive" and not 0.0 < float(options.get("mass", 0.9)) <= 1.0:
-        raise ConfigError(f"adaptive: mass must be in (0, 1], got {options['mass']!r}")
+    if record and record.check_options:
+        record.check_options(options)
 
 
 def check_pruning(method, keep_rate, drop_loc, depth: int, options: dict | None = None) -> None:
@@ -182,3 +177,138 @@ def check_device_name(device: str) -> None:
     ok = text in ("auto", "cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit())
     if not ok:
         raise ConfigError(f"device: expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {text!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pruning methods: one record each. Everything the package asks about a method (the CLI's choices, the checks,
+# which blocks compute attention scores, the MAC count, compiling, the book's colour) is read from its record, so a
+# method is added by registering one record. Its torch code is named as "module:function" and imported only when
+# first called, which keeps this module torch-free.
+
+PATCH_STATS = ("mean", "std")   # statistics of a patch's pixels a method may rank by (pruning computes them)
+
+
+@dataclasses.dataclass(frozen=True)
+class PruningMethod:
+    """One pruning method.
+
+    ``select(state, block, x, scores) -> x``: the drop after block ``block``'s attention (see ``pruning.select``);
+    ``extra_macs(dims, n_patch_in, removed, fused_before) -> int``: MACs a drop that removes ``removed`` of
+    ``n_patch_in`` patch tokens spends itself, ``dims`` a ``macs.Dims`` (None: nothing beyond the blocks). Either
+    is a function or a "module:function" string. ``options``: the keyword options ``apply_pruning`` accepts;
+    ``check_options(options)`` raises ConfigError for one out of range (unknown names are refused already)."""
+    name: str
+    select: object
+    extra_macs: object = None
+    scored: bool = False             # ranks by attention: its drop blocks compute attention scores
+    per_clip: bool = False           # keep counts differ between clips: no token schedule, no fullgraph compile
+    patch_stat: str | None = None    # one of PATCH_STATS: computed per patch once per forward, in state.stat
+    fuses: bool = False              # its first drop adds one token (evit_fuse's fused token), kept from then on
+    options: frozenset = frozenset()
+    check_options: object = None
+    color: int | None = None         # the book's colour: index into plots' colour-blind palette
+
+
+_METHODS: dict[str, PruningMethod] = {}   # registration order is the order of every list and CLI choice
+
+
+def register_method(method: PruningMethod, replace: bool = False) -> PruningMethod:
+    """Add ``method`` to every list, check and CLI choice (a name already taken needs ``replace=True``)."""
+    if not isinstance(method.name, str) or not method.name.isidentifier():
+        raise ConfigError(f"method name: expected an identifier, got {method.name!r}")
+    if method.name == "none":   # `tprune eval --method none` means the unpruned model
+        raise ConfigError("method name: 'none' is reserved for the unpruned model")
+    if method.name in _METHODS and not replace:
+        raise ConfigError(f"method name: {method.name!r} is already registered")
+    if method.patch_stat not in (None, *PATCH_STATS):
+        raise ConfigError(f"{method.name}: patch_stat must be one of {PATCH_STATS} or None, got {method.patch_stat!r}")
+    if method.select is None:
+        raise ConfigError(f"{method.name}: a select function is required")
+    # a record may list its options in any collection; the registry keeps them immutable
+    _METHODS[method.name] = dataclasses.replace(method, options=frozenset(method.options))
+    return _METHODS[method.name]
+
+
+def unregister_method(name: str) -> None:
+    """Remove a registered method (a test's toy method, afterwards)."""
+    check_method(name)
+    del _METHODS[name]
+
+
+def pruning_method(name: str) -> PruningMethod:
+    """The record of a registered method (ConfigError naming ``method`` otherwise)."""
+    check_method(name)
+    return _METHODS[name]
+
+
+def registered_methods() -> tuple:
+    """Every method's record, in registration order."""
+    return tuple(_METHODS.values())
+
+
+def method_names() -> tuple:
+    """Every registered method, in registration order (the built-ins first)."""
+    return tuple(_METHODS)
+
+
+def fixed_budget_methods() -> tuple:
+    """Methods that keep the same token count for every clip: a static token schedule, one compiled graph."""
+    return tuple(m.name for m in _METHODS.values() if not m.per_clip)
+
+
+@functools.lru_cache(maxsize=None)
+def load_function(ref):
+    """A record's function: ``ref`` itself, or the function a "module:function" string names (imported here)."""
+    if not isinstance(ref, str):
+        return ref
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def __getattr__(name: str):
+    """The method lists that predate the records, as views of the registry (so they include later additions)."""
+    views = {
+        "METHODS": method_names,
+        "FIXED_BUDGET": fixed_budget_methods,
+        "SCORED": lambda: frozenset(m.name for m in _METHODS.values() if m.scored),
+        "PER_CLIP": lambda: frozenset(m.name for m in _METHODS.values() if m.per_clip),
+        "PATCH_STAT": lambda: frozenset(m.name for m in _METHODS.values() if m.patch_stat),
+        "OPTIONS": lambda: {m.name: set(m.options) for m in _METHODS.values() if m.options},
+    }
+    if name in views:
+        return views[name]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+MATCHED_CONTROLS = ("random",)   # intensity_range's control: the same count per clip, drawn elsewhere
+
+
+def _check_intensity_range_options(options: dict) -> None:
+    if options.get("matched") not in (None, *MATCHED_CONTROLS):
+        raise ConfigError(f"intensity_range: matched must be one of {MATCHED_CONTROLS} or absent, got "
+                          f"{options['matched']!r}")
+
+
+def _check_adaptive_options(options: dict) -> None:
+    if not 0.0 < float(options.get("mass", 0.9)) <= 1.0:
+        raise ConfigError(f"adaptive: mass must be in (0, 1], got {options['mass']!r}")
+
+
+_SELECT = "tprune_core.pruning:"
+_EXTRA = "tprune_core.macs:"
+for _record in (
+    PruningMethod("topk", _SELECT + "select_topk", scored=True, color=0),
+    PruningMethod("random", _SELECT + "select_random", options={"seed"}, color=7),
+    PruningMethod("mean", _SELECT + "select_by_patch_stat", patch_stat="mean", color=1),
+    PruningMethod("std", _SELECT + "select_by_patch_stat", patch_stat="std", color=8),
+    PruningMethod("evit_fuse", _SELECT + "select_evit_fuse", _EXTRA + "evit_fuse_macs", scored=True, fuses=True,
+                  color=2),
+    PruningMethod("tome", _SELECT + "select_tome", _EXTRA + "tome_macs", color=4),
+    PruningMethod("intensity_range", _SELECT + "select_intensity_range", per_clip=True, patch_stat="mean",
+                  options={"keep_ranges", "lo", "hi", "matched", "seed"},
+                  check_options=_check_intensity_range_options, color=6),
+    PruningMethod("adaptive", _SELECT + "select_adaptive", scored=True, per_clip=True, options={"mass"},
+                  check_options=_check_adaptive_options, color=5),
+):
+    register_method(_record)
+del _record
