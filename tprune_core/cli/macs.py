@@ -5,8 +5,8 @@ import argparse
 import json
 
 from ..errors import ConfigError
-from ..rules import (DEFAULT_DROP_LOC, FAMILIES, FIXED_BUDGET, MAX_DEPTH, MEL_BINS, PATCH, SIZES, is_drop_loc,
-                     is_keep_rate, is_patch_multiple, is_positive_int)
+from ..rules import (DEFAULT_DROP_LOC, FAMILIES, MAX_DEPTH, MEL_BINS, PATCH, SIZES, fixed_budget_methods,
+                     is_drop_loc, is_keep_rate, is_patch_multiple, is_positive_int, registered_methods)
 
 
 def _checked(convert, valid, expected: str):
@@ -59,9 +59,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--keep-rate", type=_keep_rate, default=1.0,
                    help="share of patch tokens kept at each drop block (default 1.0: no pruning)")
     p.add_argument("--drop-loc", type=_drop_loc, default=DEFAULT_DROP_LOC, help="drop blocks, e.g. 3,6,9 (default)")
-    p.add_argument("--method", choices=FIXED_BUDGET, default="topk",
-                   help="pruning method (intensity_range and adaptive keep a different count per clip: "
-                        "count those from a forward pass)")
+    per_clip = ", ".join(m.name for m in registered_methods() if m.per_clip)
+    p.add_argument("--method", choices=fixed_budget_methods(), default="topk",
+                   help=f"pruning method ({per_clip} keep a different count per clip: count those from a forward "
+                        "pass)")
     p.add_argument("--num-classes", type=_positive_int, default=527, help="classifier outputs (default 527)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)

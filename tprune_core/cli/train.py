@@ -3,7 +3,7 @@ Results go to stdout (JSON with --json), progress to stderr."""
 import json
 import sys
 
-from ..rules import FAMILIES, ON_ERROR, PRECISIONS, SIZES, SPLITS, ZOO_PROFILES
+from ..rules import FAMILIES, ON_ERROR, PRECISIONS, SIZES, SPLITS, ZOO_PROFILES, method_names
 
 
 def _value(text):
@@ -85,7 +85,7 @@ def add_parser(subparsers):
 
     q = subparsers.add_parser("eval", help="evaluate a checkpoint, optionally with token pruning")
     q.add_argument("--checkpoint", required=True, help="run folder, best.pt, or a run hash under the zoo")
-    q.add_argument("--method", default=None,
+    q.add_argument("--method", default=None, choices=(*method_names(), "none"),
                    help="pruning method (default: as the run was fine-tuned; 'none' for the unpruned model)")
     q.add_argument("--keep-rate", type=float, default=None,
                    help="keep rate (default 0.5 with --method; without --method: the run's own method, topk for unpruned runs)")
