@@ -18,6 +18,9 @@ Profiles (`ZOO`):
   reverse UrbanSound8K direction (train fold 10, test fold 1, its own MAE), for a GPU or a patient CPU.
 - ``smoke``: the same structure on a small synthetic set, a few steps per run (under a minute on 2 cores), for the
   book's smoke build.
+- ``study-<name>``: a folder of your own audio, written by `tprune study PATH` (``tprune_core.study``) as JSON under
+  $TPRUNE_CACHE/studies/ and read back on lookup (``ZOO["study-<name>"]``): one dataset (its ``path``), both
+  families started from the release (``pretrained``: the MAE encoder, a released AST-style model), no MAE role.
 
 Cost of ``full`` on 2 CPU cores (Intel Xeon with AMX, bf16 autocast, ``--jobs 2``: two one-thread runs at a time),
 summed from the runs' own training seconds (2026-12-03): MAE 35, base models 223, 3-epoch fine-tunes 100, controls
@@ -35,16 +38,30 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from . import release
 from .errors import ConfigError
 from .mae import MAEConfig, pretrain
+from .cache import cache_root
 from .runtime import machine_info, read_json, zoo_root
 from .train import INIT_KINDS, TrainConfig, load_checkpoint, test_run, train_run
 
 # Everything below is plain data. "models" holds, per dataset, the TrainConfig fields shared by both families and
 # per family the fields that differ; "prune" the fine-tune settings layered over each base model's config.
-ZOO = {
+STUDY_PREFIX = "study-"   # zoo profile of a study of your own audio: study-<name>
+
+
+class Profiles(dict):
+    """The profiles below, plus any ``study-<name>`` that `tprune study` wrote (read on each lookup, never kept)."""
+
+    def __missing__(self, key):
+        if isinstance(key, str) and key.startswith(STUDY_PREFIX):
+            return read_study(key[len(STUDY_PREFIX):])["zoo"]
+        raise KeyError(key)
+
+
+ZOO = Profiles({
     "full": {
         "families": ["ast", "audiomae"],
         "seeds": [0, 1, 2],
@@ -105,10 +122,11 @@ ZOO = {
                   "seeds": [0, 1, 2], "epochs": 1, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.25,
                   "prune_shrink_epochs": 0.5, "control": True},
     },
-}
+})
 
-# Dataset-spec keys that are not TrainConfig fields: how the zoo is laid out around the base models.
-DATASET_ONLY = ("reverse_protocol", "family_overrides", "prune_keep_rates")
+# Dataset-spec keys that are not TrainConfig fields: how the zoo is laid out around the base models. ``path``: the
+# folder a study's dataset name stands for (its runs' TrainConfig.dataset; the name labels its entries).
+DATASET_ONLY = ("reverse_protocol", "family_overrides", "prune_keep_rates", "path")
 
 
 def _deep_update(base: dict, changes: dict) -> dict:
@@ -131,10 +149,48 @@ ZOO["long"] = _deep_update(ZOO["full"], {
 })
 
 
+def study_path(name: str) -> Path:
+    """Where `tprune study` keeps the spec of study ``name``: $TPRUNE_CACHE/studies/<name>.json."""
+    return cache_root() / "studies" / f"{name}.json"
+
+
+def read_study(name: str) -> dict:
+    """The spec `tprune study` wrote for study ``name`` (tprune_core.study: folder, fingerprint, recipe, ``zoo``)."""
+    path = study_path(name)
+    if not path.is_file():
+        raise ConfigError(f"zoo profile {STUDY_PREFIX}{name}: no study of that name ({path} does not exist); make "
+                          f"it with `tprune study PATH --name {name}`")
+    return read_json(path)
+
+
+def _studies() -> list:
+    folder = cache_root() / "studies"
+    return [read_json(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def _study_hint(dataset: str) -> str:
+    """What to do about a dataset no profile of the chapters knows: use the study made of it, or make one."""
+    where = str(Path(dataset).expanduser().resolve()) if ("/" in dataset or dataset.startswith((".", "~"))) else None
+    for s in _studies():
+        if dataset == s["name"] or where == s["folder"]:
+            return (f"a study of it exists: pass -p zoo_profile {s['profile']} -p datasets '[\"{s['name']}\"]' "
+                    f"(its models: `{study_command(s)}`)")
+    return ("for a folder of your own audio run `tprune study PATH` (trains both families from the release, then "
+            "runs the chapters on them; any chapter then takes -p zoo_profile study-NAME -p datasets '[\"NAME\"]'; "
+            "README: Your own audio)")
+
+
+def study_command(spec: dict) -> str:
+    """The command that makes (or continues) a study."""
+    return f"tprune study {spec['folder']} --name {spec['name']}"
+
+
 def _spec(profile: str) -> dict:
-    if profile not in ZOO:
-        raise ConfigError(f"zoo profile: expected one of {sorted(ZOO)}, got {profile!r}")
-    return ZOO[profile]
+    try:
+        return ZOO[profile]
+    except KeyError:
+        raise ConfigError(f"zoo profile: expected one of {sorted(ZOO)} or study-NAME (a study of your own audio: "
+                          f"`tprune study PATH`), got {profile!r}") from None
 
 
 def _protocols(profile: str, reverse: bool) -> dict:
@@ -170,8 +226,11 @@ def base_config(profile: str, family: str, dataset: str, seed: int, reverse: boo
     kw.update({k: v for k, v in ds.items() if k not in DATASET_ONLY})
     kw.update(spec["family_overrides"].get(family, {}))
     kw.update(ds.get("family_overrides", {}).get(family, {}))
-    kw.update(family=family, dataset=dataset, seed=seed, protocol=_protocols(profile, reverse)[dataset])
-    if family == "audiomae":
+    kw.update(family=family, dataset=ds.get("path", dataset), seed=seed, protocol=_protocols(profile, reverse)[dataset])
+    start = spec.get("pretrained", {}).get(family, {}).get(str(seed))
+    if start is not None:   # a study: the released model this family and seed start from (init string)
+        kw["init"] = start
+    elif family == "audiomae":
         kw["init"] = "mae:" + mae_config(profile, reverse).hash()
     source = kw.pop("transfer_from", None)
     if source is not None:   # start from the same family and seed trained on another dataset (forward protocol)
@@ -218,7 +277,7 @@ def zoo_plan(profile: str = "full") -> list:
     spec = _spec(profile)
     reversed_sets = [d for d, s in spec["datasets"].items() if "reverse_protocol" in s]
     plan = []
-    if "audiomae" in spec["families"]:
+    if "audiomae" in spec["families"] and "audiomae" not in spec.get("pretrained", {}):
         plan.append(("mae", mae_config(profile)))
     for dataset in spec["datasets"]:
         for family in spec["families"]:
@@ -241,7 +300,8 @@ def zoo_plan(profile: str = "full") -> list:
     return plan
 
 
-def _entry(role, cfg) -> dict:
+def _entry(role, cfg, label: str | None = None) -> dict:
+    """A run's metadata; ``label``: the name its dataset goes by (a study's name for its folder, see _labels)."""
     run_dir = zoo_root() / cfg.hash()
     e = {"role": role, "hash": cfg.hash(), "run_dir": str(run_dir)}
     if role == "mae":
@@ -252,8 +312,9 @@ def _entry(role, cfg) -> dict:
             e.update(train_seconds=s["train_seconds"], final_loss=s["final_loss"])
         return e
     method = "control" if role == "control" else cfg.prune_method
-    e.update(name=model_name(role, cfg.family, cfg.dataset, method, cfg.keep_rate, cfg.seed),
-             family=cfg.family, dataset=cfg.dataset, protocol=cfg.protocol, seed=cfg.seed, frames=cfg.frames,
+    dataset = label or cfg.dataset
+    e.update(name=model_name(role, cfg.family, dataset, method, cfg.keep_rate, cfg.seed),
+             family=cfg.family, dataset=dataset, protocol=cfg.protocol, seed=cfg.seed, frames=cfg.frames,
              method=method, keep_rate=cfg.keep_rate,
              drop_loc=list(cfg.drop_loc), init=cfg.init,
              checkpoint=str(run_dir / "best.pt"), trained=(run_dir / "train.json").is_file(), config=cfg.to_dict())
@@ -333,9 +394,21 @@ def check_selection(profile: str, families=None, datasets=None):
         if unknown:
             raise ConfigError(
                 f"{what} {', '.join(map(repr, unknown))}: zoo profile {profile!r} has no models of it (its "
-                f"{what} list: {', '.join(known)}). The chapters run on the zoo's trained models only; for audio of "
-                f"your own, train models first (`tprune train --dataset PATH --pretrained release:mae --family "
-                f"audiomae`, README: Your own audio)")
+                f"{what} list: {', '.join(known)}). The chapters run on trained models only; "
+                + (_study_hint(unknown[0]) if what == "dataset" else "the zoo trains the families "
+                   f"{', '.join(ZOO['full']['families'])}"))
+
+
+def _labels(profile: str) -> dict:
+    """TrainConfig.dataset -> the name the profile gives it (a study's folder path -> its name)."""
+    return {d["path"]: name for name, d in _spec(profile)["datasets"].items() if "path" in d}
+
+
+def build_hint(profile: str) -> str:
+    """The command that builds a profile's models."""
+    if profile.startswith(STUDY_PREFIX):
+        return study_command(read_study(profile[len(STUDY_PREFIX):]))
+    return f"tprune zoo --profile {profile}"
 
 
 def zoo_entries(profile: str = "full", require: bool = True, families=None, datasets=None, roles=None) -> list:
@@ -345,14 +418,15 @@ def zoo_entries(profile: str = "full", require: bool = True, families=None, data
     from the repository's release first."""
     check_selection(profile, families, datasets)
     release.materialize(profile)
-    entries = [_entry(role, cfg) for role, cfg in zoo_plan(profile)]
+    labels = _labels(profile)
+    entries = [_entry(role, cfg, labels.get(getattr(cfg, "dataset", None))) for role, cfg in zoo_plan(profile)]
     entries = [e for e in entries if (roles is None or e["role"] in roles) and (e["role"] == "mae" or (
         (families is None or e["family"] in families) and (datasets is None or e["dataset"] in datasets)))]
     missing = [e for e in entries if not e["trained"] or (e["role"] != "mae" and "test_accuracy" not in e)]
     if require and missing:
         names = ", ".join("mae" if e["role"] == "mae" else e["name"] for e in missing[:4])
         raise ConfigError(f"zoo {profile}: {len(missing)} of {len(entries)} models not built under {zoo_root()} "
-                          f"({names}{', ...' if len(missing) > 4 else ''}); run `tprune zoo --profile {profile}`")
+                          f"({names}{', ...' if len(missing) > 4 else ''}); run `{build_hint(profile)}`")
     return entries
 
 
@@ -416,16 +490,21 @@ def format_summary(rows: list) -> str:
 
 
 def build_zoo(profile: str = "full", threads: int | None = None, progress: bool = True, device: str = "auto",
-              report: bool = True, jobs: int = 1, roles=None) -> list:
+              report: bool = True, jobs: int = 1, roles=None, on_start=None, on_done=None) -> list:
     """Train (or find in the cache) every model of a profile, test each selected checkpoint once, print the
     accuracy table (stdout, when ``report``) and the total wall time; returns ``zoo_entries(profile)``.
     ``jobs`` > 1 trains that many runs at once, each in its own process with one thread (unless ``threads`` says
     otherwise), a run starting as soon as the run it starts from is done: on a 2-core CPU two one-thread runs get
-    more done than one two-thread run, whose threads wait on each other."""
+    more done than one two-thread run, whose threads wait on each other. ``on_start(role, cfg)`` and
+    ``on_done(i, n, role, cfg, seconds)`` replace the per-run progress lines (`tprune study` draws a bar)."""
     t0 = time.perf_counter()
     from_release = release.materialize(profile)
-    plan = [(role, cfg) for role, cfg in zoo_plan(profile) if roles is None or role in roles]
-    done = {cfg.hash() for role, cfg in zoo_plan(profile) if _built(role, cfg)}
+    whole = zoo_plan(profile)
+    plan = [(role, cfg) for role, cfg in whole if roles is None or role in roles]
+    done = {cfg.hash() for role, cfg in whole if _built(role, cfg)}
+    # parents from outside the plan (a study's released starts) count as done once they are in the cache
+    inside = {cfg.hash() for _, cfg in whole}
+    done |= {h for _, cfg in plan for h in _parents(cfg) if h not in inside and _finished(h)}
     n_released = sum(cfg.hash() in release.released(profile) for _, cfg in plan)
     print(f"tprune zoo {profile}: {len(plan)} runs ({len(done & {c.hash() for _, c in plan})} already in "
           f"{zoo_root()}, {n_released} of them from the release {release.release_dir(profile)}"
@@ -435,10 +514,12 @@ def build_zoo(profile: str = "full", threads: int | None = None, progress: bool 
             for role, cfg in plan if cfg.hash() not in done]
     if jobs == 1:
         for role, cfg in todo:
-            _report_run(len(plan) - len(todo) + todo.index((role, cfg)) + 1, len(plan), role, cfg,
-                        _train_one(role, cfg))
+            if on_start:
+                on_start(role, cfg)
+            (on_done or _report_run)(len(plan) - len(todo) + todo.index((role, cfg)) + 1, len(plan), role, cfg,
+                                     _train_one(role, cfg))
     else:
-        _train_parallel(todo, done, jobs, len(plan))
+        _train_parallel(todo, done, jobs, len(plan), on_start, on_done)
     entries = zoo_entries(profile, roles=roles)
     total = time.perf_counter() - t0
     if report:
@@ -461,9 +542,18 @@ def pack_release(profile: str = "full", roles=release.RELEASED_ROLES, code_commi
     return release.pack(profile, [(r, c) for r, c in zoo_plan(profile) if r in roles], code_commit, progress)
 
 
+def _finished(run_hash: str) -> bool:
+    """A run folder of the zoo cache holds a finished run (a classifier or an MAE)."""
+    return any((zoo_root() / run_hash / name).is_file() for name in ("train.json", "mae.json"))
+
+
 def _built(role, cfg) -> bool:
     e = _entry(role, cfg)
     return e["trained"] and (role == "mae" or "test_accuracy" in e)
+
+
+# public for tprune study: one run's metadata, whether it is trained and tested, whether a run folder is finished
+entry, built, finished = _entry, _built, _finished
 
 
 def _operational(cfg, threads, progress, device):
@@ -497,7 +587,7 @@ def _parents(cfg) -> list:
     return out + ([teacher.split(":", 1)[1]] if teacher else [])
 
 
-def _train_parallel(todo, done: set, jobs: int, n_plan: int):
+def _train_parallel(todo, done: set, jobs: int, n_plan: int, on_start=None, on_done=None):
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -508,8 +598,11 @@ def _train_parallel(todo, done: set, jobs: int, n_plan: int):
             for role, cfg in [rc for rc in waiting if set(_parents(rc[1])) <= done][:jobs - len(running)]:
                 waiting.remove((role, cfg))
                 running[pool.submit(_train_one, role, cfg)] = (role, cfg)
-                print(f"[zoo] started {role} {cfg.hash()} ({getattr(cfg, 'family', 'mae')}/"
-                      f"{getattr(cfg, 'dataset', '')} seed {cfg.seed})", file=sys.stderr)
+                if on_start:
+                    on_start(role, cfg)
+                else:
+                    print(f"[zoo] started {role} {cfg.hash()} ({getattr(cfg, 'family', 'mae')}/"
+                          f"{getattr(cfg, 'dataset', '')} seed {cfg.seed})", file=sys.stderr)
             if not running:
                 stuck = ", ".join(f"{r} {c.hash()} needs {' and '.join(_parents(c))}" for r, c in waiting[:3])
                 raise ConfigError(f"zoo: runs wait for parents that are not in the plan: {stuck}")
@@ -519,4 +612,4 @@ def _train_parallel(todo, done: set, jobs: int, n_plan: int):
                 seconds = fut.result()   # a failed run raises here, naming its own error
                 done.add(cfg.hash())
                 finished += 1
-                _report_run(finished, n_plan, role, cfg, seconds)
+                (on_done or _report_run)(finished, n_plan, role, cfg, seconds)

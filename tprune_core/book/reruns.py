@@ -98,10 +98,12 @@ def _checked_params(source: Path, names: list[str], params: dict, profile_name: 
     if profile_name not in BOOK_PROFILES:
         raise ConfigError(f"--profile {profile_name!r}: expected one of {', '.join(BOOK_PROFILES)}")
     params = results.canonical_params(params)
-    if {"datasets", "families"} & set(params):   # before hours of work: the zoo must have models of them
+    if {"datasets", "families", "zoo_profile"} & set(params):   # before hours of work: the zoo must have models of them
         from .. import zoo
         zoo_profile = params.get("zoo_profile") or ("smoke" if profile_name == "smoke" else "full")
         zoo.check_selection(zoo_profile, params.get("families"), params.get("datasets"))
+        if zoo_profile.startswith(zoo.STUDY_PREFIX):   # made by `tprune study` only: say so rather than fail inside
+            zoo.zoo_entries(zoo_profile, families=params.get("families"), datasets=params.get("datasets"))
     return {n: params[n] for n in names if n in params}, profile_name
 
 
