@@ -6,7 +6,7 @@ import sys
 from ..errors import TpruneError
 
 # module name -> registers its sub-commands; imported lazily so `tprune data list` does not import torch-heavy code.
-GROUPS = ["data", "macs", "train", "bench", "book"]
+GROUPS = ["data", "macs", "train", "bench", "book", "study"]
 
 
 def build_parser() -> argparse.ArgumentParser:
