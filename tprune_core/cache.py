@@ -86,19 +86,7 @@ def _stats(total, sq, count):
 def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int = 16000, on_error: str = "raise",
               progress: bool = True) -> FeatureSet:
     """Raw (un-normalized) float16 fbank grids of every clip in `clips`, from the disk cache or computed once."""
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error={on_error!r}: expected {' or '.join(map(repr, ON_ERROR))}")
-    FeatureConfig(frames=frames, mel_bins=mel_bins, sample_rate=sample_rate)  # validates the numbers
-    key = dict(version=CODE_VERSION, dataset=clips.name, source=clips.source, split=clips.split,
-               protocol=clips.protocol, files=clips.signature(), sample_rate=sample_rate, mel_bins=mel_bins,
-               frames=frames, fbank=FBANK)
-    if clips.layout in FOLDER_LAYOUTS:
-        key["folder"] = clips.root
-    if clips.multilabel:
-        key["classes"] = list(clips.classes)
-    digest = _digest(key)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", clips.name)
-    path = cache_root() / "features" / f"{stem}-{clips.split}-{frames}x{mel_bins}-{digest[:20]}.pt"
+    digest, path = feature_key(clips, frames, mel_bins, sample_rate, on_error)
     data, hit = None, False
     if path.is_file():
         try:
@@ -111,7 +99,40 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
             data = _compute(clips, frames, mel_bins, sample_rate, on_error, progress)
         data["digest"] = digest
         atomic_write(path, lambda f: torch.save(data, f))   # readers never see half a file
-    skipped = [tuple(s) for s in data["skipped"]]
+    skipped = report_skipped(data["skipped"], len(data["ids"]), clips, on_error)
+    return raw_feature_set(clips, data, frames, mel_bins, sample_rate, skipped, path, hit)
+
+
+def raw_feature_set(clips: ClipSet, data: dict, frames, mel_bins, sample_rate, skipped, path, hit) -> FeatureSet:
+    """The un-normalized FeatureSet of a split from its stored ``data`` (x, y, ids, lengths, moments)."""
+    return FeatureSet(x=data["x"], y=data["y"], ids=list(data["ids"]), classes=list(clips.classes), norm=None,
+                      source=clips.source, dataset=clips.describe(), name=clips.name, split=clips.split, frames=frames,
+                      mel_bins=mel_bins, sample_rate=sample_rate, lengths=data["lengths"],
+                      stats=_stats(*data["moments"]), skipped=skipped, path=path, from_cache=hit)
+
+
+def feature_key(clips: ClipSet, frames: int, mel_bins: int, sample_rate: int, on_error: str) -> tuple[str, Path]:
+    """(digest, cache file) of a split's features: the digest covers everything that changes their numbers. Checks
+    the settings first (a ConfigError names the bad one)."""
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error={on_error!r}: expected {' or '.join(map(repr, ON_ERROR))}")
+    FeatureConfig(frames=frames, mel_bins=mel_bins, sample_rate=sample_rate)  # validates the numbers
+    key = dict(version=CODE_VERSION, dataset=clips.name, source=clips.source, split=clips.split,
+               protocol=clips.protocol, files=clips.signature(), sample_rate=sample_rate, mel_bins=mel_bins,
+               frames=frames, fbank=FBANK)
+    if clips.layout in FOLDER_LAYOUTS:
+        key["folder"] = clips.root
+    if clips.multilabel:
+        key["classes"] = list(clips.classes)
+    digest = _digest(key)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", clips.name)
+    return digest, cache_root() / "features" / f"{stem}-{clips.split}-{frames}x{mel_bins}-{digest[:20]}.pt"
+
+
+def report_skipped(skipped: list, kept: int, clips: ClipSet, on_error: str) -> list:
+    """The files a split left out, as tuples: an AudioError naming the first when ``on_error="raise"`` (an earlier
+    ``skip`` run stored them), else printed with their reasons."""
+    skipped = [tuple(s) for s in skipped]
     if skipped:
         if on_error == "raise":
             cid, bad, problem = skipped[0]
@@ -119,13 +140,9 @@ def featurize(clips: ClipSet, frames: int, mel_bins: int = 128, sample_rate: int
                                   f"{counted(len(skipped), 'file')}; fix {'it' if len(skipped) == 1 else 'them'} "
                                   f"or pass on_error='skip')")
         lines = "\n".join(f"  {p}: {msg}" for _, p, msg in skipped)
-        n = len(skipped) + len(data["ids"])
-        print(f"tprune: skipped {len(skipped)} of {counted(n, 'file')} of {clips.describe()}:\n{lines}",
-              file=sys.stderr)
-    return FeatureSet(x=data["x"], y=data["y"], ids=list(data["ids"]), classes=list(clips.classes), norm=None,
-                      source=clips.source, dataset=clips.describe(), name=clips.name, split=clips.split, frames=frames,
-                      mel_bins=mel_bins, sample_rate=sample_rate, lengths=data["lengths"],
-                      stats=_stats(*data["moments"]), skipped=skipped, path=path, from_cache=hit)
+        print(f"tprune: skipped {len(skipped)} of {counted(len(skipped) + kept, 'file')} of {clips.describe()}:"
+              f"\n{lines}", file=sys.stderr)
+    return skipped
 
 
 @contextmanager
@@ -159,11 +176,12 @@ def clip_fbank(clips: ClipSet, i: int, sample_rate: int = 16000, mel_bins: int =
     return fb, wave.numel()
 
 
-def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
-    x = torch.empty(len(clips), frames, mel_bins, dtype=torch.float16)
-    keep, lengths, skipped = [], [], []
-    total = sq = count = 0.0
-    bar = tqdm(range(len(clips)), desc=f"featurizing {clips.name}/{clips.split}", unit="clip", file=sys.stderr,
+def clip_grids(clips: ClipSet, indices, frames, mel_bins, sample_rate, on_error, skipped: list, progress):
+    """For each clip ``i`` of ``indices`` that featurizes, in order: (i, its float16 ``(frames, mel)`` grid, its real
+    frames, (sum, sum of squares, count) of its real fbank values). A failing clip raises (``on_error="raise"``) or is
+    appended to ``skipped`` as (clip_id, path, problem). The in-memory cache and the shard writer
+    (tprune_core.streaming) both featurize through this, so their numbers are the same."""
+    bar = tqdm(indices, desc=f"featurizing {clips.name}/{clips.split}", unit="clip", file=sys.stderr,
                disable=not progress, mininterval=0.5 if sys.stderr.isatty() else 5.0)
     for i in bar:
         clip = clips[i]
@@ -175,10 +193,20 @@ def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
             skipped.append((clip.clip_id, clip.path, exc.problem))
             continue
         f64 = fb.double()
-        total, sq, count = total + f64.sum().item(), sq + (f64 * f64).sum().item(), count + f64.numel()
-        x[len(keep)] = pad_or_crop(fb, frames).half()
+        yield i, pad_or_crop(fb, frames).half(), fb.shape[0], (f64.sum().item(), (f64 * f64).sum().item(),
+                                                               f64.numel())
+
+
+def _compute(clips, frames, mel_bins, sample_rate, on_error, progress) -> dict:
+    x = torch.empty(len(clips), frames, mel_bins, dtype=torch.float16)
+    keep, lengths, skipped = [], [], []
+    total = sq = count = 0.0
+    for i, grid, n, (s, s2, c) in clip_grids(clips, range(len(clips)), frames, mel_bins, sample_rate, on_error,
+                                             skipped, progress):
+        total, sq, count = total + s, sq + s2, count + c
+        x[len(keep)] = grid
         keep.append(i)
-        lengths.append(fb.shape[0])
+        lengths.append(n)
     if not keep:
         raise DatasetError(f"{clips.describe()}: no clip could be featurized ({len(skipped)} failed)")
     return dict(x=x[:len(keep)].clone(), y=_targets(clips, keep),
@@ -194,10 +222,14 @@ def _targets(clips: ClipSet, keep: list) -> torch.Tensor:
 
 
 def load_features(name, split: str, frames=None, root=None, mel_bins: int = 128, norm="train",
-                  on_error: str = "raise", sample_rate: int = 16000, progress: bool = True, **protocol) -> FeatureSet:
+                  on_error: str = "raise", sample_rate: int = 16000, progress: bool = True, featurizer=None,
+                  **protocol) -> FeatureSet:
     """Normalized float32 features of one split. `frames` is an int, None (a full clip, rounded up to a multiple
     of 16) or a FeatureConfig (which then also gives sample_rate, mel_bins and norm). `norm`: "train" (mean/std of
-    this protocol's training split, cached with it), a NORM_STATS name, or a (mean, std) pair."""
+    this protocol's training split, cached with it), a NORM_STATS name, or a (mean, std) pair. `featurizer`: what
+    turns a ClipSet into raw features, `featurize`'s signature (default `featurize`: the whole split in memory;
+    `tprune_core.streaming.shard_split`: shard files whose rows are read, and normalized, per batch)."""
+    featurizer = featurizer or featurize
     if isinstance(frames, FeatureConfig):
         cfg = frames
         if (mel_bins, norm, sample_rate) != (128, "train", 16000):
@@ -206,7 +238,7 @@ def load_features(name, split: str, frames=None, root=None, mel_bins: int = 128,
     norm = resolve_norm(norm, allow_train=True)
     clips = load_dataset(name, root, split, **protocol)
     frames = clips.default_frames() if frames is None else frames
-    fs = featurize(clips, frames, mel_bins, sample_rate, on_error, progress)
+    fs = featurizer(clips, frames, mel_bins, sample_rate, on_error, progress)
     if norm == "train":
         if split == "train":
             mean, std = fs.stats
@@ -214,9 +246,10 @@ def load_features(name, split: str, frames=None, root=None, mel_bins: int = 128,
             with warnings.catch_warnings():  # the default->synthetic warning was already given for this split
                 warnings.simplefilter("ignore")
                 train = load_dataset(name, root, "train", **protocol)
-            mean, std = featurize(train, frames, mel_bins, sample_rate, on_error, progress).stats
+            mean, std = featurizer(train, frames, mel_bins, sample_rate, on_error, progress).stats
     else:
         mean, std = norm
-    fs.x = normalize(fs.x.float(), mean, std)
+    # rows on disk (streaming) are normalized as they are read
+    fs.x = fs.x.normalized(mean, std) if hasattr(fs.x, "normalized") else normalize(fs.x.float(), mean, std)
     fs.norm = (mean, std)
     return fs

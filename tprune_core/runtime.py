@@ -25,7 +25,7 @@ from .models import explicit_attention
 
 TRAIN_VERSION = 2   # bump when the training code changes its numbers in a way the config does not show
 # Fields that only change how a run is executed, never its numbers: left out of the hash.
-OPERATIONAL = ("device", "threads", "ckpt_every", "eval_batch_size", "progress")
+OPERATIONAL = ("device", "threads", "ckpt_every", "eval_batch_size", "progress", "stream")
 # Fields added after a config's first release: at these defaults they are left out of the hash, so every run made
 # before they existed keeps its folder (its numbers are what the default gives).
 ADDED_LATER = {"class_balance": False, "time_shift": 0, "augment_while_shrinking": True, "teacher": None,

@@ -51,7 +51,7 @@ from pathlib import Path
 
 import torch
 
-from . import pruning
+from . import distributed, pruning
 from .errors import AudioError, CheckpointError, ConfigError, counted
 from .evaluation import crop_frames, evaluate
 from .loop import Task, run_epochs
@@ -114,6 +114,7 @@ class TrainConfig:
     ckpt_every: int = 50                 # steps between mid-epoch checkpoints
     eval_batch_size: int = 128
     progress: bool = True
+    stream: bool | None = None           # features from shard files a batch at a time (None: when a split is large)
 
     def __post_init__(self):
         self.drop_loc = tuple(int(b) for b in self.drop_loc)
@@ -188,6 +189,7 @@ def validate(cfg: TrainConfig):
     need(cfg.on_error in ON_ERROR, "on_error", alternatives(ON_ERROR))
     need(isinstance(cfg.ckpt_every, int) and cfg.ckpt_every >= 1, "ckpt_every", "an int >= 1")
     need(cfg.prune_method is None or cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
+    need(cfg.stream in (None, True, False), "stream", "None (auto), True or False")
 
 
 # ---------------------------------------------------------------------------------------------- schedules and models
@@ -317,19 +319,27 @@ def load_checkpoint(path, device="cpu"):
 # ---------------------------------------------------------------------------------------------- data
 
 def load_split(cfg: TrainConfig, split: str, progress: bool = True, norm="train"):
-    """One split of the config's dataset, normalized with its training-split statistics (or ``norm``)."""
+    """One split of the config's dataset, normalized with its training-split statistics (or ``norm``); in memory
+    or streamed from shard files as ``cfg.stream`` says (the same numbers either way)."""
     from .cache import load_features
     return load_features(cfg.dataset, split, frames=cfg.data_frames or cfg.frames, mel_bins=cfg.mel, norm=norm,
-                         on_error=cfg.on_error, progress=progress, **cfg.protocol)
+                         on_error=cfg.on_error, progress=progress, featurizer=_featurizer(cfg), **cfg.protocol)
 
 
 def featurize_split(cfg: TrainConfig, split: str):
     """Raw features of one split, from the cache or computed: every file read and checked (the test split's before
     training, so a bad file fails early; its features wait in the cache for ``test_run``)."""
-    from .cache import featurize
     from .datasets import load_dataset
     clips = load_dataset(cfg.dataset, None, split, **cfg.protocol)
-    return featurize(clips, cfg.data_frames or cfg.frames, cfg.mel, on_error=cfg.on_error, progress=cfg.progress)
+    return _featurizer(cfg)(clips, cfg.data_frames or cfg.frames, cfg.mel, on_error=cfg.on_error,
+                            progress=cfg.progress)
+
+
+def _featurizer(cfg: TrainConfig):
+    """In memory or shard files (``streaming``): ``cfg.stream``, or by size when None (every training process on
+    this machine holds its own copy of an in-memory split)."""
+    from .streaming import featurizer_for
+    return featurizer_for(cfg.stream, distributed.environment().local_size)
 
 
 def read_splits(cfg: TrainConfig):
@@ -351,7 +361,7 @@ def read_splits(cfg: TrainConfig):
     record = {"skipped": [{"file": path, "split": split, "reason": reason}
                           for split, fs in sets.items() for _, path, reason in getattr(fs, "skipped", [])],
               "clip_length": clip_length(cfg, sets["train"])}
-    if cfg.progress:
+    if cfg.progress and distributed.is_main():
         print(describe_inputs(cfg, sets, record), file=sys.stderr)
     return sets["train"], sets["val"], record
 
@@ -401,6 +411,7 @@ def _check_sets(cfg, train_set, val_set):
 class Supervised(Task):
     """``fit`` in the shared loop: augmented batches, keep-rate schedule, validation, best.pt, train.json."""
     zero = (0.0, 0.0, 0.0)   # loss * clips, correct clips, clips
+    data_parallel = True     # training forwards go through self.net (DDP under torchrun)
 
     def __init__(self, cfg: TrainConfig, train_set, val_set, run_dir, model, opt, device, record=None):
         tag = f"{cfg.family}/{cfg.dataset}/s{cfg.seed}" + (f"/{cfg.prune_method}@{cfg.keep_rate:g}"
@@ -435,7 +446,7 @@ class Supervised(Task):
             self.kr = keep_rate_schedule(step, self.total, cfg.keep_rate, self.hold, self.shrink)
             pruning.set_keep_rate(self.model, self.kr)
         with autocast(self.device, cfg.precision):
-            logits = self.model(x)
+            logits = self.net(x)
             loss = self.criterion(logits.float(), y, weight=self.weight, label_smoothing=cfg.label_smoothing)
             if mix:
                 loss = lam * loss + (1 - lam) * self.criterion(logits.float(), y[mate], weight=self.weight,
@@ -478,7 +489,10 @@ class Supervised(Task):
                 + (f"  keep {row['keep_rate']:.2f}" if self.cfg.prune_method else ""))
 
     def state(self):
-        return {"best": self.best, "prune_calls": pruning.call_count(self.model) if self.cfg.prune_method else 0}
+        return {"best": self.best, **self.rank_state()}
+
+    def rank_state(self):
+        return {"prune_calls": pruning.call_count(self.model) if self.cfg.prune_method else 0}
 
     def restore(self, st):
         self.best = st["best"]
@@ -494,7 +508,8 @@ class Supervised(Task):
                    "device": str(self.device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                    "n_train": self.n, "n_val": len(self.val_set.x),
                    "train_source": getattr(self.train_set, "source", None), "final_sha256": weights_digest(self.model),
-                   "machine": machine_info(self.device), "code_version": code_version(), **self.record}
+                   "machine": machine_info(self.device), "code_version": code_version(), **self.record,
+                   **distributed.record(cfg.batch_size, distributed.current())}
         save_atomic(summary, self.run_dir / "train.json")
         return summary
 
@@ -515,15 +530,21 @@ def fit(cfg: TrainConfig, train_set, val_set, run_dir, *, record: dict | None = 
 
     Never sees the test split (it is not an argument; ``record`` holds only what ``read_splits`` found about the
     files, for train.json). Returns the summary also written to ``train.json``.
+
+    Under torchrun every process calls this (``distributed``): the same model on every rank, each its own part of
+    every batch and its own random draws; rank 0 validates, writes the files and returns the summary, the other
+    ranks return None once it is written.
     """
     _check_sets(cfg, train_set, val_set)
-    device = resolve_device(cfg.device)
+    world, device = distributed.setup(cfg.device)
     with cpu_threads(cfg.threads), deterministic(device):
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, len(train_set.classes)).to(device)
         if cfg.prune_method:
-            pruning.apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc, **cfg.prune_options)
+            pruning.apply_pruning(model, cfg.prune_method, 1.0, cfg.drop_loc,
+                                  **distributed.rank_options(cfg.prune_method, cfg.prune_options, world))
         opt = adamw(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+        distributed.seed_ranks(cfg.seed, world)   # after the model, which is the same on every rank
         return run_epochs(Supervised(cfg, train_set, val_set, run_dir, model, opt, device, record))
 
 
@@ -535,7 +556,9 @@ def is_trained(cfg: TrainConfig) -> bool:
 
 def train_run(cfg: TrainConfig) -> Path:
     """Train (or resume, or find finished) the run of ``cfg``; returns its folder. Reads and checks every split
-    before the first step (``read_splits``) and trains on train and val only."""
+    before the first step (``read_splits``) and trains on train and val only. Under torchrun rank 0 reads the
+    splits first (featurizing into the cache), the other ranks then find them there."""
+    world, _ = distributed.setup(cfg.device)
     run_dir = run_dir_for(cfg)
     if (run_dir / "train.json").is_file():
         return run_dir
@@ -546,24 +569,38 @@ def train_run(cfg: TrainConfig) -> Path:
         raise CheckpointError(f"teacher={cfg.teacher}: that run is not finished under {zoo_root()}")
     if cfg.init and cfg.init.startswith("mae:") and not (zoo_root() / cfg.init[4:] / "encoder.pt").is_file():
         raise CheckpointError(f"init={cfg.init}: no pretrained encoder under {zoo_root() / cfg.init[4:]}")
-    train_set, val_set, record = read_splits(cfg)
+    with distributed.main_first(world):
+        train_set, val_set, record = read_splits(cfg)
     fit(cfg, train_set, val_set, run_dir, record=record)
     return run_dir
 
 
+def run_pruning(meta: dict) -> pruning.PruneSettings | None:
+    """The pruning a run was fine-tuned for (None for unpruned runs), e.g. for ``pruning.patched``."""
+    c = meta["config"]
+    if not c.get("prune_method"):
+        return None
+    return pruning.PruneSettings(c["prune_method"], float(c["keep_rate"]), tuple(c["drop_loc"]),
+                                 dict(c.get("prune_options", {})))
+
+
 def apply_run_pruning(model, meta: dict):
     """Patch a loaded model with the pruning its run was fine-tuned for (no-op for unpruned runs)."""
-    c = meta["config"]
-    if c.get("prune_method"):
-        pruning.apply_pruning(model, c["prune_method"], c["keep_rate"], tuple(c["drop_loc"]),
-                              **c.get("prune_options", {}))
+    s = run_pruning(meta)
+    if s is not None:
+        pruning.apply_pruning(model, s.method, s.keep_rate, s.drop_loc, **s.options)
     return model
 
 
 def test_run(run_dir, progress: bool = True) -> dict:
     """Evaluate a finished run's selected checkpoint on the test split, once: the result is kept in test.json.
-    Pruning-aware runs are evaluated with their own method and target keep rate."""
-    run_dir = Path(run_dir)
+    Pruning-aware runs are evaluated with their own method and target keep rate. Under torchrun rank 0 evaluates
+    and the other ranks read its test.json."""
+    with distributed.main_first():
+        return _test_run(Path(run_dir), progress)
+
+
+def _test_run(run_dir: Path, progress: bool) -> dict:
     if (run_dir / "test.json").is_file():
         return read_json(run_dir / "test.json")
     if not (run_dir / "train.json").is_file():

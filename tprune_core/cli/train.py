@@ -2,6 +2,7 @@
 Results go to stdout (JSON with --json), progress to stderr."""
 import json
 import sys
+from argparse import BooleanOptionalAction
 
 from ..rules import FAMILIES, ON_ERROR, PRECISIONS, SIZES, SPLITS, ZOO_PROFILES, method_names
 
@@ -76,7 +77,11 @@ def add_parser(subparsers):
                  "prune_hold_epochs", "prune_shrink_epochs"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
     p.add_argument("--precision", default=None, choices=PRECISIONS)
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto)")
+    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto; under torchrun each process "
+                                                  "takes cuda:LOCAL_RANK, or the CPU with gloo)")
+    p.add_argument("--stream", action=BooleanOptionalAction, default=None,
+                   help="read features from shard files written once, a batch at a time (memory: a batch, not the "
+                        "split; the same numbers); default: when a split's features would exceed 4 GiB in memory")
     p.epilog = "Unset flags take the TrainConfig defaults (tprune_core/train.py), or the zoo profile's with --profile."
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other TrainConfig field")
     p.add_argument("--no-test", action="store_true", help="stop after training and selection")
@@ -140,6 +145,8 @@ def cmd_train(args):
     kw.update(_pairs(args.set, "--set"))
     if args.on_error is not None:
         kw["on_error"] = args.on_error
+    if args.stream is not None:
+        kw["stream"] = args.stream
     print(_choose_clip_length(args, kw), file=sys.stderr)
     if args.pretrained is not None:
         if args.pretrained == "mae":
@@ -156,6 +163,9 @@ def cmd_train(args):
         summary = read_json(train_run(cfg) / "train.json")
     else:
         summary = run(cfg)
+    from ..distributed import is_main
+    if not is_main():   # under torchrun rank 0 alone reports
+        return 0
     if args.json:
         print(json.dumps(summary, indent=1, default=str))
     else:
