@@ -766,3 +766,26 @@ def test_intensity_range_matched_random_control_keeps_the_same_count_elsewhere()
     assert [set(p[p >= 0].tolist()) for p in again.positions] == drawn   # seeded
     with pytest.raises(Exception, match="matched must be one of"):
         pruning.apply_pruning(model, "intensity_range", 1.0, (0,), keep_ranges=ranges, matched="loud")
+
+
+def test_patched_sets_a_setting_for_the_block_and_restores_the_previous_one():
+    """`patched`: the setting inside, the previous patch (or none) afterwards, also when the block raises; a
+    patched model's forward counter (random pruning's draws) continues where it was."""
+    from tprune_core.pruning import PruneSettings, call_count, patched, settings
+    model = make_model("ast")
+    x = torch.randn(2, FRAMES, MEL)
+    with patched(model, PruneSettings("topk", 0.5, (3, 6, 9))):
+        assert settings(model).method == "topk"
+        model(x)
+    assert not is_pruned(model)
+    apply_pruning(model, "random", 0.7, (2, 5))
+    model(x), model(x)
+    with pytest.raises(RuntimeError, match="inside"):
+        with patched(model, PruneSettings("mean", 0.3, (4,))):
+            assert settings(model).keep_rate == 0.3
+            raise RuntimeError("inside")
+    assert settings(model) == PruneSettings("random", 0.7, (2, 5))
+    assert call_count(model) == 2
+    with patched(model, None):
+        assert not is_pruned(model)
+    assert settings(model).method == "random"

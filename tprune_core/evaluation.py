@@ -6,10 +6,12 @@
 A multi-label feature set (multi-hot ``y``, tprune_core.targets) adds ``metric: "mAP"``, ``mAP`` and
 ``n_scored_classes``; its ``accuracy`` is the top-1 hit rate (the arg-max class is one of the clip's labels).
 
-Uses only the public pruning API: a pruning setting is applied for the call and the previous one put back.
+Uses only the public pruning API: a pruning setting is applied for the call (``pruning.patched``), which puts
+the previous one back.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -17,7 +19,7 @@ from tqdm import tqdm
 
 from .errors import ConfigError
 from .macs import model_macs
-from .pruning import apply_pruning, forward_from, hidden_before, last_forward, remove_pruning, settings
+from .pruning import PruneSettings, forward_from, hidden_before, last_forward, patched, settings
 from .runtime import autocast
 from .targets import hits, is_multilabel, multilabel_metrics
 
@@ -53,52 +55,46 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), ba
     if len(x_all) == 0:
         raise ConfigError("evaluate: the feature set is empty")
     device = next(model.parameters()).device
-    before = settings(model)
-    options = dict(options or {})
-    if method is not None:
-        apply_pruning(model, method, keep_rate, drop_loc, **options)
-    state = settings(model)
+    setting = None if method is None else PruneSettings(method, keep_rate, tuple(drop_loc), dict(options or {}))
     was_training = model.training
-    model.eval()
     correct, macs, tokens, empty, per_class, right_all = 0, [], [], 0, None, []
     scores = [] if is_multilabel(y_all) else None   # multi-label: every logit, for mAP
-    try:
-        bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
-                   disable=not progress, file=sys.stderr)
-        # blocks before the first drop are unpruned: with ``shared`` they run once per batch for all settings
-        start = min(state.drop_loc) if (shared is not None and method is not None) else 0
-        for i in bar:
-            x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
-            with autocast(device, precision):
-                if start > 0:
-                    key = (id(features), i, batch_size, precision, start)
-                    if key not in shared:
-                        shared[key] = hidden_before(model, x, start)
-                    logits = forward_from(model, x, shared[key], start)
-                else:
-                    logits = model(x)
-            y = y_all[i:i + batch_size]
-            if scores is not None:
-                correct += hits(logits, y)
-                scores.append(logits.float().cpu())
-            else:   # one arg-max gives both the count and the per-class tally
-                right = logits.argmax(1).cpu() == y
-                correct += int(right.sum())
-                right_all.append(right)
-                per_class = _per_class(per_class, y, right, logits.shape[1])
-            last = last_forward(model) if state is not None else None
-            t = last.tokens if last is not None else None
-            m = model_macs(model, t)
-            macs.append(m.expand(len(x)) if m.numel() == 1 else m)
-            if t is not None:
-                tokens.append(t[..., 0].float())
-                empty += last.n_empty  # intensity_range clips left with no patch token
-    finally:
-        if method is not None:
-            remove_pruning(model)
-            if before is not None:
-                apply_pruning(model, before.method, before.keep_rate, before.drop_loc, **before.options)
-        model.train(was_training)
+    with contextlib.nullcontext() if setting is None else patched(model, setting):
+        state = settings(model)
+        model.eval()
+        try:
+            bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
+                       disable=not progress, file=sys.stderr)
+            # blocks before the first drop are unpruned: with ``shared`` they run once per batch for all settings
+            start = min(state.drop_loc) if (shared is not None and method is not None) else 0
+            for i in bar:
+                x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
+                with autocast(device, precision):
+                    if start > 0:
+                        key = (id(features), i, batch_size, precision, start)
+                        if key not in shared:
+                            shared[key] = hidden_before(model, x, start)
+                        logits = forward_from(model, x, shared[key], start)
+                    else:
+                        logits = model(x)
+                y = y_all[i:i + batch_size]
+                if scores is not None:
+                    correct += hits(logits, y)
+                    scores.append(logits.float().cpu())
+                else:   # one arg-max gives both the count and the per-class tally
+                    right = logits.argmax(1).cpu() == y
+                    correct += int(right.sum())
+                    right_all.append(right)
+                    per_class = _per_class(per_class, y, right, logits.shape[1])
+                last = last_forward(model) if state is not None else None
+                t = last.tokens if last is not None else None
+                m = model_macs(model, t)
+                macs.append(m.expand(len(x)) if m.numel() == 1 else m)
+                if t is not None:
+                    tokens.append(t[..., 0].float())
+                    empty += last.n_empty  # intensity_range clips left with no patch token
+        finally:
+            model.train(was_training)
     n = len(x_all)
     out = {"accuracy": correct / n, "n_clips": n, "n_correct": correct,
            "gmacs_per_clip": torch.cat(macs).mean().item() / 1e9,

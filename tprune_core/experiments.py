@@ -23,7 +23,7 @@ from tqdm import tqdm
 from .cache import cache_root
 from .fsio import atomic_write, atomic_write_json
 from .models import patch_pixels
-from .pruning import apply_pruning, record, remove_pruning
+from .pruning import PruneSettings, patched, record
 from .targets import score_fields
 
 EVAL_VERSION = 4  # bump when evaluation results change for the same checkpoint and setting (3: random pruning draws
@@ -74,7 +74,7 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
     batch size, precision). ``precision=None``: each model's training precision, as its zoo test accuracy was
     measured (the laptop zoo trains with bf16 autocast, about 1.5x faster than fp32 on a CPU with AVX512-BF16)."""
     from .evaluation import evaluate
-    from .train import apply_run_pruning
+    from .train import run_pruning
     from .zoo import load_zoo_model
 
     root = cache_root() / "evals"
@@ -97,10 +97,9 @@ def evaluate_grid(entries, settings, split: str = "test", batch_size: int = 128,
                     feats = _features_of(meta, split)
                     shared = {}   # hidden states before the first drop block, computed once for all settings
                     outer.set_postfix_str(f"{entry['family']}/{entry['dataset']}/s{entry['seed']}")
-                if s["method"] is None:
-                    apply_run_pruning(model, meta)
-                    res = evaluate(model, feats, batch_size=batch_size, split=split, precision=prec)
-                    remove_pruning(model)
+                if s["method"] is None:   # the model as trained (a pruning-aware fine-tune keeps its setting)
+                    with patched(model, run_pruning(meta)):
+                        res = evaluate(model, feats, batch_size=batch_size, split=split, precision=prec)
                 else:
                     res = evaluate(model, feats, s["method"], s["keep_rate"], tuple(s["drop_loc"]),
                                    batch_size=batch_size, options=s["options"], split=split, precision=prec,
@@ -163,16 +162,15 @@ def token_records(entry, method="topk", keep_rate=0.5, drop_loc=(3, 6, 9), split
     feats = _features_of(meta, split)
     x_all = feats.x[:, : model.frames]
     n = len(x_all) if max_clips is None else min(max_clips, len(x_all))
-    apply_pruning(model, method, keep_rate, drop_loc, **options)
     means, stds, preds = [], [], []
-    with torch.no_grad(), record(model) as rec:
+    with torch.no_grad(), patched(model, PruneSettings(method, keep_rate, tuple(drop_loc), options)), \
+            record(model) as rec:
         for i in range(0, n, batch_size):
             x = x_all[i:i + batch_size][: n - i].float()
             px = patch_pixels(model, x)
             means.append(px.mean(-1))
             stds.append(px.std(-1))
             preds.append(model(x).argmax(1))
-    remove_pruning(model)
     out = {"family": entry["family"], "dataset": entry["dataset"], "seed": entry["seed"], "grid": tuple(
         model.patch_embed.grid_size), "mean": torch.cat(means), "std": torch.cat(stds),
         "pred": torch.cat(preds), "label": torch.as_tensor(feats.y[:n]), "ids": list(feats.ids[:n]),

@@ -43,7 +43,7 @@ from .models import patch_pixels
 from .rules import check_pruning, fixed_budget_methods, load_function, pruning_method
 
 __all__ = ["METHODS", "FUSED_POSITION", "PADDING_POSITION", "PruneSettings", "LastForward", "PruneRecord",
-           "apply_pruning", "remove_pruning", "set_keep_rate", "is_pruned", "settings", "last_forward",
+           "apply_pruning", "remove_pruning", "patched", "set_keep_rate", "is_pruned", "settings", "last_forward",
            "call_count", "set_call_count", "record", "hidden_before", "forward_from", "kept_count", "tome_rounds",
            "keep_highest"]
 
@@ -709,6 +709,25 @@ def set_keep_rate(model, keep_rate: float):
     st = _state(model, "set_keep_rate")
     check_pruning(st.method, keep_rate, st.drop_loc, len(model.blocks), st.options)
     st.settings = replace(st.settings, keep_rate=float(keep_rate))
+
+
+@contextmanager
+def patched(model, setting: PruneSettings | None):
+    """Run the block with ``model`` patched as ``setting`` says (None: unpatched), then put back exactly what was
+    there before, on success or error: "evaluate under a setting, then restore" in one place."""
+    before = settings(model)
+    calls = call_count(model) if before is not None else None   # random draws continue where they were
+    if setting is None:
+        remove_pruning(model)
+    else:
+        apply_pruning(model, setting.method, setting.keep_rate, setting.drop_loc, **setting.options)
+    try:
+        yield model
+    finally:
+        remove_pruning(model)
+        if before is not None:
+            apply_pruning(model, before.method, before.keep_rate, before.drop_loc, **before.options)
+            set_call_count(model, calls)
 
 
 @contextmanager
