@@ -200,3 +200,15 @@ def test_a_materialized_run_missing_its_weights_is_written_again(env):
     h = next(h for h, r in release.released("smoke").items() if r["role"] == "base")
     (zoo.zoo_root() / h / "best.pt").unlink()
     assert release.materialize("smoke") == [h] and (zoo.zoo_root() / h / "best.pt").is_file()
+
+
+def test_released_digests_need_no_audio(env, monkeypatch, tmp_path):
+    """The reader's build checks stored tables against the release without any audio: the names and digests come
+    from the manifest, whatever TPRUNE_DATA points at."""
+    with_data = zoo.released_digests("smoke")
+    monkeypatch.setenv("TPRUNE_DATA", str(tmp_path / "no-audio-here"))
+    without = zoo.released_digests("smoke")
+    assert without == with_data
+    names = {e["name"]: e for e in zoo.zoo_entries("smoke", roles=("base",))}
+    assert set(without) == set(names)
+    assert all(without[n] == zoo.weights_sha256(names[n]) for n in names)

@@ -41,9 +41,10 @@ import time
 from pathlib import Path
 
 from . import release
+from .cache import cache_root
 from .errors import ConfigError
 from .mae import MAEConfig, pretrain
-from .cache import cache_root
+from .rules import DEFAULT_DROP_LOC
 from .runtime import machine_info, read_json, zoo_root
 from .train import INIT_KINDS, TrainConfig, load_checkpoint, test_run, train_run
 
@@ -101,7 +102,7 @@ ZOO = Profiles({
         # fine-tunes (36 runs of 3 epochs): one operating point with three selectors answers both paper claims on
         # fine-tuned models (the cut for < 1 point, and attention beating random / intensity at equal MACs), and 2
         # epochs keep the derived models and the chapters within the 2 h 15 of a full re-execution on 2 cores.
-        "prune": {"methods": ["topk", "random", "mean"], "keep_rates": [0.62], "drop_loc": [3, 6, 9],
+        "prune": {"methods": ["topk", "random", "mean"], "keep_rates": [0.62], "drop_loc": list(DEFAULT_DROP_LOC),
                   "seeds": [0, 1, 2], "epochs": 2, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.25,
                   "prune_shrink_epochs": 1.0, "augment_while_shrinking": False, "control": True},
     },
@@ -118,7 +119,7 @@ ZOO = Profiles({
         "family_overrides": {},
         "mae": {"crop_frames": 32, "epochs": 2, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 0.0,
                 "mask_ratio": 0.8, "decoder_dim": 64, "decoder_depth": 1, "decoder_heads": 2},
-        "prune": {"methods": ["topk", "random", "mean"], "keep_rates": [0.5], "drop_loc": [3, 6, 9],
+        "prune": {"methods": ["topk", "random", "mean"], "keep_rates": [0.5], "drop_loc": list(DEFAULT_DROP_LOC),
                   "seeds": [0, 1, 2], "epochs": 1, "lr": 2e-4, "warmup_epochs": 0.0, "prune_hold_epochs": 0.25,
                   "prune_shrink_epochs": 0.5, "control": True},
     },
@@ -530,10 +531,17 @@ def build_zoo(profile: str = "full", threads: int | None = None, progress: bool 
 
 
 def released_digests(profile: str = "full") -> dict:
-    """Model name -> sha256 of its file in the profile's release (what the stored tables must have recorded)."""
-    records = release.released(profile)
-    return {_entry(role, cfg)["name"]: records[cfg.hash()]["sha256"]
-            for role, cfg in zoo_plan(profile) if role != "mae" and cfg.hash() in records}
+    """Model name -> sha256 of its file in the profile's release (what the stored tables must have recorded).
+    Read from the manifest alone, not through the plan's run hashes: the speech split's identity enters those
+    hashes and needs the audio, which a reader's build does not have."""
+    out = {}
+    for r in release.released(profile).values():
+        if r["role"] == "mae":
+            continue
+        method = "control" if r["role"] == "control" else r["config"].get("prune_method")
+        name = model_name(r["role"], r["family"], r["dataset"], method, r["config"].get("keep_rate", 1.0), r["seed"])
+        out[name] = r["sha256"]
+    return out
 
 
 def pack_release(profile: str = "full", roles=release.RELEASED_ROLES, code_commit: str | None = None,
