@@ -13,6 +13,7 @@ from scipy import stats
 from .macs import count_macs
 from .models import SIZES
 from .verdicts import mean_ci  # the seed interval lives with the verdict rules (torch-free); re-exported
+from .rules import DEFAULT_DROP_LOC
 
 PAPER_INPUTS = {  # patch tokens of the paper's inputs -> (frames at 128 mel bins, what it is)
     64: (128, "SPC-2 (1 s)"),
@@ -24,7 +25,7 @@ PAPER_INPUTS = {  # patch tokens of the paper's inputs -> (frames at 128 mel bin
 PAPER_GMACS = {"SPC-2 (1 s)": (64, {1.0: 5.61, 0.5: 2.81}), "ESC-50 (5 s)": (256, {1.0: 23.10, 0.5: 11.36})}
 
 
-def paper_gmacs_comparison(family="audiomae", drop_loc=(3, 6, 9)) -> pd.DataFrame:
+def paper_gmacs_comparison(family="audiomae", drop_loc=DEFAULT_DROP_LOC) -> pd.DataFrame:
     """Our count (ViT-B) beside each of the paper's published GMACs, with the relative difference."""
     rows = []
     for name, (tokens, figures) in PAPER_GMACS.items():
@@ -48,7 +49,7 @@ def headline_metric(grid: pd.DataFrame) -> str:
 # MACs
 
 def mac_table(families=("ast", "audiomae"), size="base", tokens=(64, 256, 512),
-              keep_rates=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3), drop_loc=(3, 6, 9), mel=128,
+              keep_rates=(1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3), drop_loc=DEFAULT_DROP_LOC, mel=128,
               num_classes=527) -> pd.DataFrame:
     """GMACs for every family x input size x keep rate, with the reduction against keep rate 1.0."""
     rows = []
@@ -64,7 +65,7 @@ def mac_table(families=("ast", "audiomae"), size="base", tokens=(64, 256, 512),
     return pd.DataFrame(rows)
 
 
-def mac_parts(family="audiomae", size="base", tokens=(64, 256, 512), keep_rate=1.0, drop_loc=(3, 6, 9),
+def mac_parts(family="audiomae", size="base", tokens=(64, 256, 512), keep_rate=1.0, drop_loc=DEFAULT_DROP_LOC,
               mel=128) -> pd.DataFrame:
     """Where the MACs go: share of patch embedding, qkv + proj, attention matmuls, MLP, head (and drop extras)."""
     rows = []
@@ -81,7 +82,7 @@ def mac_parts(family="audiomae", size="base", tokens=(64, 256, 512), keep_rate=1
     return pd.DataFrame(rows)
 
 
-def keep_rate_for_reduction(target: float, family="audiomae", size="base", frames=512, drop_loc=(3, 6, 9),
+def keep_rate_for_reduction(target: float, family="audiomae", size="base", frames=512, drop_loc=DEFAULT_DROP_LOC,
                             method="topk", mel=128, step=0.01) -> float:
     """Largest keep rate (on a ``step`` grid) whose MAC reduction reaches ``target`` (e.g. 0.3 for 30%)."""
     full = count_macs(family, size, frames, 1.0, drop_loc, method, mel)["macs"]
@@ -92,7 +93,7 @@ def keep_rate_for_reduction(target: float, family="audiomae", size="base", frame
     return float("nan")
 
 
-def check_against_flop_counter(family: str, size: str, frames: int, keep_rate: float, drop_loc=(3, 6, 9),
+def check_against_flop_counter(family: str, size: str, frames: int, keep_rate: float, drop_loc=DEFAULT_DROP_LOC,
                                method="topk", mel=128, num_classes=527, seed=0) -> dict:
     """The analytic count next to FlopCounterMode on a real forward pass of a random-weight model."""
     import torch

@@ -22,6 +22,7 @@ from .macs import model_macs
 from .pruning import PruneSettings, forward_from, hidden_before, last_forward, patched, settings
 from .runtime import autocast
 from .targets import hits, is_multilabel, multilabel_metrics
+from .rules import DEFAULT_DROP_LOC
 
 
 def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
@@ -40,7 +41,7 @@ def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> t
 
 
 @torch.no_grad()
-def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=(3, 6, 9), batch_size=128, options=None,
+def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=DEFAULT_DROP_LOC, batch_size=128, options=None,
              split=None, precision="fp32", progress=False, shared=None) -> dict:
     """Accuracy and mean GMACs per clip of ``model`` on a FeatureSet (or anything with ``.x``, ``.y``).
 

@@ -25,6 +25,7 @@ from .fsio import atomic_write, atomic_write_json
 from .models import patch_pixels
 from .pruning import PruneSettings, patched, record
 from .targets import score_fields
+from .rules import DEFAULT_DROP_LOC
 
 EVAL_VERSION = 4  # bump when evaluation results change for the same checkpoint and setting (3: random pruning draws
 # from an on-device hash; 4: results carry correct_per_clip)
@@ -42,7 +43,7 @@ def _file_digest(path) -> str:
     return h.hexdigest()[:20]
 
 
-def setting(method=None, keep_rate=1.0, drop_loc=(3, 6, 9), label=None, **options) -> dict:
+def setting(method=None, keep_rate=1.0, drop_loc=DEFAULT_DROP_LOC, label=None, **options) -> dict:
     """One pruning setting of a grid. ``method=None``: the model as trained (with the run's own pruning)."""
     return {"method": method, "keep_rate": float(keep_rate), "drop_loc": list(drop_loc), "options": options,
             "label": label or (method or "as trained")}
@@ -146,7 +147,7 @@ def _clip_groups(entry, split):
     return list(feats.ids), [group_of[i] for i in feats.ids]
 
 
-def token_records(entry, method="topk", keep_rate=0.5, drop_loc=(3, 6, 9), split="test", max_clips=None,
+def token_records(entry, method="topk", keep_rate=0.5, drop_loc=DEFAULT_DROP_LOC, split="test", max_clips=None,
                   batch_size=64, **options) -> dict:
     """Per clip: the patch mean/std of every patch (model token order), and per block the positions, scores and
     kept positions from a recorded pruned forward. Cached as a .pt file."""

@@ -40,7 +40,7 @@ from timm.models.vision_transformer import Block
 from . import rules
 from .errors import ConfigError
 from .models import patch_pixels
-from .rules import check_pruning, fixed_budget_methods, load_function, pruning_method
+from .rules import DEFAULT_DROP_LOC, check_pruning, fixed_budget_methods, load_function, pruning_method
 
 __all__ = ["METHODS", "FUSED_POSITION", "PADDING_POSITION", "PruneSettings", "LastForward", "PruneRecord",
            "apply_pruning", "remove_pruning", "patched", "set_keep_rate", "is_pruned", "settings", "last_forward",
@@ -632,7 +632,7 @@ def _reclass(obj, mixin):
     obj.__class__ = _CLASSES[key]
 
 
-def apply_pruning(model, method: str = "topk", keep_rate: float = 0.5, drop_loc=(3, 6, 9), **options):
+def apply_pruning(model, method: str = "topk", keep_rate: float = 0.5, drop_loc=DEFAULT_DROP_LOC, **options):
     """Patch ``model`` (an ``AudioViT``) in place to prune tokens; returns the model. Re-applying replaces."""
     drop_loc = tuple(sorted(int(b) for b in drop_loc))
     check_pruning(method, keep_rate, drop_loc, len(model.blocks), options)

@@ -9,6 +9,7 @@ Each ``check_*`` raises ``ConfigError`` with a message that names the parameter 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -39,6 +40,16 @@ DATA_SPLITS = SPLITS + ("all",)             # what the data commands featurize a
 ON_ERROR = ("raise", "skip")                # what featurizing does with an unreadable file
 ZOO_PROFILES = ("full", "long", "smoke")
 BOOK_PROFILES = ("full", "smoke")
+
+
+@contextlib.contextmanager
+def fields_of(owner: str):
+    """Run ``check_*`` calls on the fields of a config class: a failing one names the field as ``Owner.field``
+    (``TrainConfig.size: expected ...``), so configs and the command line share one rule and one message."""
+    try:
+        yield
+    except ConfigError as exc:
+        raise ConfigError(f"{owner}.{exc}") from None
 
 
 def check_one_of(name: str, allowed, value) -> None:
@@ -136,6 +147,19 @@ def check_drop_loc(drop_loc, depth: int) -> None:
     blocks = tuple(drop_loc or ())
     if not is_drop_loc(blocks, depth):
         raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {blocks}")
+
+
+def parse_drop_loc(text: str, depth: int | None = None) -> tuple[int, ...]:
+    """The one reader of a drop-location string for every command: ``"3,6,9"`` (or ``"3 6 9"``) -> ``(3, 6, 9)``,
+    sorted; distinct indices of a ``depth``-block model (default: the deepest size, before a size is known)."""
+    depth = MAX_DEPTH if depth is None else depth
+    try:
+        blocks = tuple(int(b) for b in str(text).replace(",", " ").split())
+    except ValueError:
+        raise ConfigError(f"drop_loc: expected block indices like 3,6,9, got {text!r}") from None
+    if not is_drop_loc(blocks, depth):
+        raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {text!r}")
+    return tuple(sorted(blocks))
 
 
 def check_options(method: str, options: dict) -> None:

@@ -51,19 +51,20 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, pruning
+from . import distributed, pruning, rules
+from .datasets import data_fingerprint, seconds_of
 from .errors import AudioError, CheckpointError, ConfigError, counted
 from .evaluation import crop_frames, evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
-from .datasets import data_fingerprint, seconds_of
 from .models import create_model, transfer_filter
-from .rules import FAMILIES, METHODS, ON_ERROR, PATCH, PRECISIONS, SIZES
-from .source import code_version
-from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch, machine_info,
-                      param_groups, read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
+from .rules import DEFAULT_DROP_LOC, ON_ERROR
+from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic,
+                      load_torch, machine_info, param_groups, read_json, resolve_device, run_dir_for, save_atomic,
+                      weights_digest, zoo_root)
 # Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
 from .runtime import OPERATIONAL, lr_at, training_attention  # noqa: F401
+from .source import code_version
 from .targets import criterion, hits, score_fields
 
 INIT_KINDS = ("mae", "run", "transfer")   # where a run's first weights come from (TrainConfig.init)
@@ -100,7 +101,7 @@ class TrainConfig:
     distill: float = 0.5                 # weight of the teacher's labels in the loss (1 - distill: the true labels)
     prune_method: str | None = None      # pruning-aware fine-tuning with this method (see pruning.METHODS)
     keep_rate: float = 1.0               # target keep rate of the shrink
-    drop_loc: tuple = (3, 6, 9)
+    drop_loc: tuple = DEFAULT_DROP_LOC
     prune_hold_epochs: float = 1.0       # keep rate 1.0 this long ...
     prune_shrink_epochs: float = 2.0     # ... then a cosine shrink to keep_rate over this long, then fixed
     augment_while_shrinking: bool = True  # False: no SpecAugment / mixup / shift during the shrink (as the paper)
@@ -146,13 +147,15 @@ def validate(cfg: TrainConfig):
     def need(ok, name, expected):
         if not ok:
             raise ConfigError(f"TrainConfig.{name}: expected {expected}, got {getattr(cfg, name)!r}")
-    need(cfg.family in FAMILIES, "family", f"one of {FAMILIES}")
-    need(cfg.size in SIZES, "size", f"one of {tuple(SIZES)}")
-    need(isinstance(cfg.frames, int) and cfg.frames > 0 and cfg.frames % PATCH == 0, "frames",
-         f"a positive multiple of {PATCH}")
+    with rules.fields_of("TrainConfig"):   # the rules every model and pruning setting share
+        rules.check_model(cfg.family, cfg.size, cfg.frames, cfg.mel)
+        rules.check_precision(cfg.precision)
+        if cfg.prune_method is not None:
+            rules.check_one_of("prune_method", rules.method_names(), cfg.prune_method)
+            rules.check_pruning(cfg.prune_method, cfg.keep_rate, cfg.drop_loc, rules.depth_of(cfg.size),
+                                cfg.prune_options)
     need(cfg.data_frames is None or (isinstance(cfg.data_frames, int) and cfg.data_frames >= cfg.frames),
          "data_frames", "None or an int >= frames")
-    need(isinstance(cfg.mel, int) and cfg.mel > 0 and cfg.mel % PATCH == 0, "mel", f"a positive multiple of {PATCH}")
     need(isinstance(cfg.epochs, int) and cfg.epochs >= 1, "epochs", "an int >= 1")
     need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "batch_size", "an int >= 1")
     need(cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr, "lr", "lr > 0 and 0 <= min_lr <= lr")
@@ -185,10 +188,8 @@ def validate(cfg: TrainConfig):
     need(cfg.prune_hold_epochs >= 0 and cfg.prune_shrink_epochs >= 0 and (
          cfg.prune_method is None or cfg.prune_hold_epochs + cfg.prune_shrink_epochs <= cfg.epochs), "prune_hold_epochs",
          f"hold + shrink epochs within epochs={cfg.epochs}")
-    need(cfg.precision in PRECISIONS, "precision", alternatives(PRECISIONS))
     need(cfg.on_error in ON_ERROR, "on_error", alternatives(ON_ERROR))
     need(isinstance(cfg.ckpt_every, int) and cfg.ckpt_every >= 1, "ckpt_every", "an int >= 1")
-    need(cfg.prune_method is None or cfg.prune_method in METHODS, "prune_method", f"None or one of {METHODS}")
     need(cfg.stream in (None, True, False), "stream", "None (auto), True or False")
 
 

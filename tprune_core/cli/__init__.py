@@ -9,6 +9,16 @@ from ..errors import TpruneError
 GROUPS = ["data", "macs", "train", "bench", "book", "study"]
 
 
+def drop_loc_arg(text: str) -> tuple:
+    """argparse ``type`` of every ``--drop-loc``: ``rules.parse_drop_loc``, its message as argparse's error."""
+    from ..errors import ConfigError
+    from ..rules import parse_drop_loc
+    try:
+        return parse_drop_loc(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("drop_loc: ")) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tprune", description="Token pruning in audio transformers.")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from . import drop_loc_arg
 from ..rules import (BENCH_COMPILE, BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, FAMILIES, LINEARS, OMP_WAITS, SIZES,
                      apply_omp_wait)
 
@@ -34,7 +35,7 @@ def add_parser(subparsers):
                    help="OpenMP threads between operators (default: $OMP_WAIT_POLICY if set, else active): active "
                         "spin, the lowest latency on an idle machine; passive sleep, for a machine busy with other "
                         "work; default leaves libgomp's own (spin a while, then sleep)")
-    p.add_argument("--drop-loc", type=int, nargs="+", default=list(DEFAULT_DROP_LOC))
+    p.add_argument("--drop-loc", type=drop_loc_arg, default=DEFAULT_DROP_LOC, help="drop blocks, e.g. 3,6,9")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=run)

@@ -5,6 +5,7 @@ import argparse
 import json
 
 from ..errors import ConfigError
+from . import drop_loc_arg
 from ..rules import (DEFAULT_DROP_LOC, FAMILIES, MAX_DEPTH, MEL_BINS, PATCH, SIZES, fixed_budget_methods,
                      is_drop_loc, is_keep_rate, is_patch_multiple, is_positive_int, registered_methods)
 
@@ -24,17 +25,6 @@ def _checked(convert, valid, expected: str):
 
 _positive_multiple_of_16 = _checked(int, is_patch_multiple, f"a positive multiple of {PATCH}")
 _keep_rate = _checked(float, is_keep_rate, "a number in (0, 1]")
-
-
-def _drop_loc(text: str) -> tuple[int, ...]:
-    try:
-        blocks = tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated block indices like 3,6,9, got {text!r}") from None
-    # Every size has MAX_DEPTH blocks today; count_macs checks the chosen size's depth again.
-    if not is_drop_loc(blocks, MAX_DEPTH):
-        raise argparse.ArgumentTypeError(f"expected distinct block indices in 0..{MAX_DEPTH - 1}, got {text!r}")
-    return tuple(sorted(blocks))
 
 
 def _positive_int(text: str) -> int:
@@ -58,7 +48,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--mel", type=_positive_multiple_of_16, default=MEL_BINS, help=f"mel bins (default {MEL_BINS})")
     p.add_argument("--keep-rate", type=_keep_rate, default=1.0,
                    help="share of patch tokens kept at each drop block (default 1.0: no pruning)")
-    p.add_argument("--drop-loc", type=_drop_loc, default=DEFAULT_DROP_LOC, help="drop blocks, e.g. 3,6,9 (default)")
+    p.add_argument("--drop-loc", type=drop_loc_arg, default=DEFAULT_DROP_LOC, help="drop blocks, e.g. 3,6,9 (default)")
     per_clip = ", ".join(m.name for m in registered_methods() if m.per_clip)
     p.add_argument("--method", choices=fixed_budget_methods(), default="topk",
                    help=f"pruning method ({per_clip} keep a different count per clip: count those from a forward "

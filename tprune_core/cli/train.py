@@ -4,7 +4,8 @@ import json
 import sys
 from argparse import BooleanOptionalAction
 
-from ..rules import FAMILIES, ON_ERROR, PRECISIONS, SIZES, SPLITS, ZOO_PROFILES, method_names
+from ..rules import DEFAULT_DROP_LOC, FAMILIES, ON_ERROR, PRECISIONS, SIZES, SPLITS, ZOO_PROFILES, method_names
+from . import drop_loc_arg
 
 
 def _value(text):
@@ -27,13 +28,6 @@ def _pairs(items, what):
 def _map(result: dict, key: str = "mAP") -> str:
     """ ", mAP 0.8123" for a multi-label result (its accuracy is the top-1 hit rate), else nothing."""
     return f", mAP {result[key]:.4f}" if key in result else ""
-
-
-def _drop_loc(text):
-    try:
-        return tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise SystemExit(f"tprune: error: --drop-loc {text!r}: expected block indices like 3,6,9")
 
 
 def add_parser(subparsers):
@@ -67,7 +61,7 @@ def add_parser(subparsers):
                         "transfer:HASH: a run of another dataset, all but its head (position embeddings resized)")
     p.add_argument("--prune-method", default=None, help="pruning-aware fine-tuning with this method (e.g. topk)")
     p.add_argument("--keep-rate", type=float, default=None, help="target keep rate of the shrink")
-    p.add_argument("--drop-loc", type=_drop_loc, default=None, help="drop blocks, e.g. 3,6,9")
+    p.add_argument("--drop-loc", type=drop_loc_arg, default=None, help="drop blocks, e.g. 3,6,9")
     for name in ("frames", "data_frames", "epochs", "batch_size", "seed", "freq_mask", "time_mask", "threads",
                  "ckpt_every"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
@@ -94,7 +88,7 @@ def add_parser(subparsers):
                    help="pruning method (default: as the run was fine-tuned; 'none' for the unpruned model)")
     q.add_argument("--keep-rate", type=float, default=None,
                    help="keep rate (default 0.5 with --method; without --method: the run's own method, topk for unpruned runs)")
-    q.add_argument("--drop-loc", type=_drop_loc, default=(3, 6, 9))
+    q.add_argument("--drop-loc", type=drop_loc_arg, default=DEFAULT_DROP_LOC, help="drop blocks, e.g. 3,6,9")
     q.add_argument("--option", nargs="*", metavar="KEY=VALUE", help="method options, e.g. mass=0.9")
     q.add_argument("--split", default="test", choices=SPLITS)
     q.add_argument("--batch-size", type=int, default=128)
