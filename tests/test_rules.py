@@ -176,3 +176,18 @@ def test_omp_wait_refuses_what_it_cannot_change(monkeypatch):
     assert rules.apply_omp_wait(None) == "default"
     with pytest.raises(ConfigError, match="omp_wait: expected one of"):
         rules.apply_omp_wait("spin")
+
+
+def test_one_drop_location_parser_for_every_command():
+    from tprune_core.cli import build_parser
+    assert rules.parse_drop_loc("9,3,6") == (3, 6, 9) == rules.parse_drop_loc("3 6 9")
+    for bad in ("3,x", "3,3", "3,12", ""):
+        with pytest.raises(ConfigError, match="drop_loc"):
+            rules.parse_drop_loc(bad)
+    with pytest.raises(ConfigError, match=r"0\.\.5"):
+        rules.parse_drop_loc("3,6", depth=6)
+    parser = build_parser()
+    for argv in (["macs", "--family", "ast", "--size", "tiny", "--frames", "64", "--keep-rate", "0.5"],
+                 ["bench", "--family", "ast", "--frames", "64", "--keep-rate", "0.5"]):
+        assert parser.parse_args(argv + ["--drop-loc", "6,2"]).drop_loc == (2, 6)
+        assert parser.parse_args(argv).drop_loc == rules.DEFAULT_DROP_LOC
