@@ -107,3 +107,59 @@ def test_no_function_is_longer_than_a_reader_can_hold():
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, "split these:\n" + "\n".join(long)
+
+
+# Layers, lowest first: a module may import from its own layer and the ones before it, never from a later one.
+LAYER_ORDER = ["base", "data", "nn", "training", "analyses", "book", "cli"]
+BASE_MODULES = {"tprune_core.errors", "tprune_core.rules", "tprune_core.fsio", "tprune_core.source", "tprune_core.paths"}
+
+
+def _layer(module: str) -> str:
+    if module in BASE_MODULES or module == "tprune_core":
+        return "base"
+    return module.split(".")[1]
+
+
+def test_only_the_base_modules_sit_at_the_package_root():
+    at_root = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert {f"tprune_core.{m}" for m in at_root} == BASE_MODULES
+    subpackages = {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()}
+    assert subpackages == set(LAYER_ORDER) - {"base"}
+
+
+def test_layers_only_import_downward():
+    modules = _modules()
+    upward = []
+    for name, path in modules.items():
+        here = LAYER_ORDER.index(_layer(name))
+        for target in _imports(name, path, set(modules)):
+            if LAYER_ORDER.index(_layer(target)) > here:
+                upward.append(f"{name} -> {target}")
+    assert not upward, "a lower layer imports a higher one:\n" + "\n".join(sorted(upward))
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    """The walker resolves relative imports across layers (else the test above could pass by not seeing them)."""
+    path = tmp_path / "m.py"
+    path.write_text("from ..training.zoo import zoo_plan\nfrom . import cache\n")
+    found = _imports("tprune_core.data.m", path, {"tprune_core.training.zoo", "tprune_core.data.cache"})
+    assert found == {"tprune_core.training.zoo", "tprune_core.data.cache"}
+
+
+def test_old_flat_module_names_still_import_as_the_same_modules():
+    import importlib
+    import tprune_core
+    from tprune_core import macs, models, pruning   # the README's Python API
+    assert (models, pruning, macs) == tuple(importlib.import_module(f"tprune_core.nn.{m}")
+                                            for m in ("models", "pruning", "macs"))
+    for old, new in tprune_core.MOVED.items():
+        assert importlib.import_module(f"tprune_core.{old}") is importlib.import_module(new)
+    from tprune_core.analysis import PAPER_INPUTS   # a chapter's import
+    assert PAPER_INPUTS
+
+
+def test_only_paths_reads_where_data_caches_and_the_release_live():
+    readers = sorted(str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+                     for var in ("TPRUNE_DATA", "TPRUNE_CACHE", "TPRUNE_RELEASE")
+                     if f'environ.get("{var}"' in p.read_text() or f'environ["{var}"]' in p.read_text())
+    assert set(readers) == {"tprune_core/paths.py"}, readers

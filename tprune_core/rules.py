@@ -318,8 +318,8 @@ def _check_adaptive_options(options: dict) -> None:
         raise ConfigError(f"adaptive: mass must be in (0, 1], got {options['mass']!r}")
 
 
-_SELECT = "tprune_core.pruning:"
-_EXTRA = "tprune_core.macs:"
+_SELECT = "tprune_core.nn.pruning:"
+_EXTRA = "tprune_core.nn.macs:"
 for _record in (
     PruningMethod("topk", _SELECT + "select_topk", scored=True, color=0),
     PruningMethod("random", _SELECT + "select_random", options={"seed"}, color=7),

@@ -5,7 +5,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
-from .. import results
+from ..analyses import results
 
 BOOK_DIR = "book"
 

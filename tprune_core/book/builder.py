@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from .. import results
+from ..analyses import results
 from ..errors import ConfigError, TpruneError
 from ..rules import BOOK_PROFILES
 from ._shared import book_root, environ
@@ -38,7 +38,7 @@ def output_dir(root, profile_name: str) -> Path:
 
 def _check_provenance(profile_name: str, store: Path):
     """Every table's checkpoint digests must agree with each other and with the zoo the chapters were built on."""
-    from .. import zoo
+    from ..training import zoo
     built = [e for e in zoo.zoo_entries(profile_name, require=False) if e.get("trained") and e["role"] != "mae"]
     # No zoo here (e.g. a book of model-free chapters): the tables must still agree with each other.
     current = zoo.provenance(built)["checkpoints"] if built else None
@@ -52,7 +52,7 @@ def _check_provenance(profile_name: str, store: Path):
 
 def _prepare_execution(root: Path, out: Path, profile_name: str, reexecute: bool, train: bool, jobs: int):
     """Preload the current stored chapters into the execution cache; train the zoo only if a chapter must run."""
-    from .. import zoo
+    from ..training import zoo
     store = results.default_root(base=root)
     if reexecute:
         stale = {"*": "--reexecute"}

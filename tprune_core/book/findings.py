@@ -9,9 +9,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from .. import results
+from ..analyses import results
+from ..analyses.verdicts import SOURCES, VERDICTS
 from ..errors import ConfigError
-from ..verdicts import SOURCES, VERDICTS
 
 FINDINGS = "findings"
 FINDING_COLUMNS = ("claim", "source", "verdict", "evidence", "where")
@@ -23,7 +23,7 @@ def save_findings(chapter: str, rows, params: dict, root=None, checkpoints=None,
     """Store a chapter's verdicts for the landing page. `rows`: dicts (or a DataFrame) with `claim`, `source`
     ("paper": a claim of the paper, "ours": one we added), `verdict` (one of VERDICTS), `evidence` (the numbers
     that decide it) and optionally `where` (the figure or table in the chapter that shows it).
-    `tprune_core.verdicts` builds such rows from per-seed numbers."""
+    `tprune_core.analyses.verdicts` builds such rows from per-seed numbers."""
     import pandas as pd
 
     table = rows.copy() if isinstance(rows, pd.DataFrame) else pd.DataFrame(list(rows))

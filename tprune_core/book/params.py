@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from .. import results
+from ..analyses import results
 from ..errors import ConfigError
 from ._shared import BOOK_DIR, Markdown, book_root, cell_text, two_column_table
 
@@ -111,7 +111,7 @@ def show_setup(params: dict, *, data=None, splits=None, seeds=None, synthetic=No
 
 def protocol_notes(entries) -> dict:
     """{dataset: how its splits are made} for the datasets of some zoo entries (first entry of each)."""
-    from ..datasets import describe_protocol
+    from ..data.datasets import describe_protocol
     notes = {}
     for e in entries:
         if e.get("role") != "mae" and e["dataset"] not in notes:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .. import results
+from ..analyses import results
 from ..errors import ConfigError, TpruneError
 from ..rules import BOOK_PROFILES
 from ._shared import book_root, cell_text, environ, two_column_table
@@ -99,7 +99,7 @@ def _checked_params(source: Path, names: list[str], params: dict, profile_name: 
         raise ConfigError(f"--profile {profile_name!r}: expected one of {', '.join(BOOK_PROFILES)}")
     params = results.canonical_params(params)
     if {"datasets", "families", "zoo_profile"} & set(params):   # before hours of work: the zoo must have models of them
-        from .. import zoo
+        from ..training import zoo
         zoo_profile = params.get("zoo_profile") or ("smoke" if profile_name == "smoke" else "full")
         zoo.check_selection(zoo_profile, params.get("families"), params.get("datasets"))
         if zoo_profile.startswith(zoo.STUDY_PREFIX):   # made by `tprune study` only: say so rather than fail inside

@@ -17,7 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .. import results
+from ..analyses import results
 from ..fsio import atomic_write
 
 NOTEBOOK = "notebook.ipynb"

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from . import drop_loc_arg
 from ..rules import (BENCH_COMPILE, BENCH_DEVICES, BENCH_DTYPES, DEFAULT_DROP_LOC, FAMILIES, LINEARS, OMP_WAITS, SIZES,
                      apply_omp_wait)
+from . import drop_loc_arg
 
 
 def add_parser(subparsers):
@@ -43,7 +43,7 @@ def add_parser(subparsers):
 
 def run(args):
     apply_omp_wait(args.omp_wait)   # before torch loads
-    from ..bench import bench
+    from ..analyses.bench import bench
     r = bench(args.family, args.size, args.frames, args.keep_rate, method=args.method, batch=args.batch,
               device=args.device, threads=args.threads, repeats=args.repeats, min_seconds=args.min_seconds,
               dtype=args.dtype, drop_loc=args.drop_loc, seed=args.seed, linear=args.linear, progress=not args.json,

@@ -40,7 +40,7 @@ def add_parser(subparsers):
 
 
 def cmd_list(args):
-    from ..datasets import find_datasets
+    from ..data.datasets import find_datasets
     entries = find_datasets(args.root)
     if args.json:
         print(json.dumps(entries, indent=1))
@@ -55,7 +55,7 @@ def cmd_list(args):
             print(f"{name:22s} unusable: {e['problem']}")
         else:
             print(f"{name:22s} not found ({e['problem']})")
-    from ..folders import expected
+    from ..data.folders import expected
     print(f"any other folder: tprune data check PATH, with {expected()}")
     return 0
 
@@ -64,8 +64,8 @@ def cmd_check(args):
     import numpy as np
     from tqdm.auto import tqdm
 
-    from ..cache import clip_fbank, one_thread
-    from ..datasets import load_dataset
+    from ..data.cache import clip_fbank, one_thread
+    from ..data.datasets import load_dataset
     from ..errors import AudioError, counted
     clips = load_dataset(args.name, args.root, "all")
     problems, seconds = [], []
@@ -86,15 +86,15 @@ def cmd_check(args):
 
 
 def cmd_fetch(args):
-    from ..fetch import fetch
+    from ..data.fetch import fetch
     folder = fetch(args.name, args.to, url=args.url, sha256=args.sha256)
     print(folder)
     return 0
 
 
 def cmd_featurize(args):
-    from ..cache import featurize
-    from ..datasets import load_dataset
+    from ..data.cache import featurize
+    from ..data.datasets import load_dataset
     clips = load_dataset(args.name, args.root, args.split)
     frames = args.frames or clips.default_frames()
     fs = featurize(clips, frames, args.mel_bins, on_error=args.on_error)

@@ -5,9 +5,9 @@ import argparse
 import json
 
 from ..errors import ConfigError
+from ..rules import (DEFAULT_DROP_LOC, FAMILIES, MEL_BINS, PATCH, SIZES, fixed_budget_methods, is_keep_rate,
+                     is_patch_multiple, is_positive_int, registered_methods)
 from . import drop_loc_arg
-from ..rules import (DEFAULT_DROP_LOC, FAMILIES, MAX_DEPTH, MEL_BINS, PATCH, SIZES, fixed_budget_methods,
-                     is_drop_loc, is_keep_rate, is_patch_multiple, is_positive_int, registered_methods)
 
 
 def _checked(convert, valid, expected: str):
@@ -59,7 +59,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..macs import count_macs   # torch import only when the command runs
+    from ..nn.macs import count_macs   # torch import only when the command runs
 
     try:
         out = count_macs(args.family, args.size, args.frames, args.keep_rate, args.drop_loc, args.method,

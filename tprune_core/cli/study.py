@@ -1,10 +1,10 @@
-"""`tprune study PATH`: the book's study on a folder of your own audio (tprune_core.study). Progress to stderr."""
+"""`tprune study PATH`: the book's study on a folder of your own audio (tprune_core.book.study). Progress to stderr."""
 import json
 
 from ..errors import ConfigError
 from ..rules import BOOK_PROFILES, ON_ERROR
 
-# Kept in step with tprune_core.study.CHAPTERS / OPTIONAL / LEFT_OUT (that module imports torch; --help must not).
+# Kept in step with tprune_core.book.study.CHAPTERS / OPTIONAL / LEFT_OUT (that module imports torch; --help must not).
 DEFAULT_CHAPTERS = ("pruning-tradeoffs", "what-attention-sees")
 
 
@@ -50,7 +50,8 @@ def add_parser(subparsers):
 
 
 def cmd_study(args):
-    from .. import study, zoo
+    from ..book import study
+    from ..training import zoo
     overrides = None
     if args.recipe:
         try:

@@ -120,9 +120,9 @@ def add_parser(subparsers):
 
 def cmd_train(args):
     from ..errors import ConfigError
-    from ..runtime import read_json
-    from ..train import TrainConfig, run, train_run
-    from .. import zoo as zoo_mod
+    from ..training.runtime import read_json
+    from ..training.train import TrainConfig, run, train_run
+    from ..training import zoo as zoo_mod
 
     kw = {}
     if args.profile:
@@ -148,7 +148,7 @@ def cmd_train(args):
                 raise ConfigError("--pretrained mae: MAE weights are for --family audiomae")
             kw["init"] = "mae:" + _ensure_mae(args, kw).hash()
         elif args.pretrained.startswith("release:"):
-            from ..release import init_from_release
+            from ..training.release import init_from_release
             kw["init"] = init_from_release(args.pretrained.split(":", 1)[1], args.family)
         else:
             kw["init"] = args.pretrained
@@ -157,7 +157,7 @@ def cmd_train(args):
         summary = read_json(train_run(cfg) / "train.json")
     else:
         summary = run(cfg)
-    from ..distributed import is_main
+    from ..training.distributed import is_main
     if not is_main():   # under torchrun rank 0 alone reports
         return 0
     if args.json:
@@ -175,10 +175,10 @@ def _choose_clip_length(args, kw) -> str:
     """Set the frames read per clip in ``kw``: from --seconds (also the dataset's `seconds` protocol parameter where
     it has one), else from a folder's own clip length (its median) when no flag or profile sets them. Returns the
     line that says what was chosen and why."""
-    from ..datasets import frames_for, is_builtin, load_dataset, seconds_of, takes_seconds
+    from ..data.datasets import frames_for, is_builtin, load_dataset, seconds_of, takes_seconds
     from ..errors import ConfigError
-    from ..folders import LAYOUTS as FOLDER_LAYOUTS
-    from ..train import TrainConfig
+    from ..data.folders import LAYOUTS as FOLDER_LAYOUTS
+    from ..training.train import TrainConfig
     if args.seconds is not None:
         if args.data_frames is not None:
             raise ConfigError("--seconds and --data-frames both set the frames read per clip; give one of them")
@@ -212,8 +212,8 @@ def _choose_clip_length(args, kw) -> str:
 
 def _ensure_mae(args, kw):
     """The zoo's MAE when this dataset/protocol is one of its sources, else an MAE on this dataset's train split."""
-    from .. import zoo as zoo_mod
-    from ..mae import MAEConfig, pretrain
+    from ..training import zoo as zoo_mod
+    from ..training.mae import MAEConfig, pretrain
     profile = args.profile or "full"
     cfg = zoo_mod.mae_config(profile)
     wanted = {"dataset": kw["dataset"], "protocol": kw.get("protocol", {})}
@@ -228,9 +228,9 @@ def _ensure_mae(args, kw):
 
 
 def cmd_eval(args):
-    from ..cache import load_features
-    from ..evaluation import evaluate
-    from ..train import TrainConfig, apply_run_pruning, load_checkpoint
+    from ..data.cache import load_features
+    from ..training.evaluation import evaluate
+    from ..training.train import TrainConfig, apply_run_pruning, load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint, args.device)
     cfg = TrainConfig.from_dict(meta["config"])
@@ -238,7 +238,7 @@ def cmd_eval(args):
     if method is None:
         apply_run_pruning(model, meta)     # as fine-tuned (nothing for unpruned runs)
         if args.keep_rate is not None:
-            from ..pruning import apply_pruning, is_pruned, set_keep_rate
+            from ..nn.pruning import apply_pruning, is_pruned, set_keep_rate
             if is_pruned(model):
                 set_keep_rate(model, args.keep_rate)
             else:
@@ -264,9 +264,9 @@ def cmd_eval(args):
 
 
 def cmd_zoo(args):
-    from .. import release
+    from ..training import release
     from ..errors import ConfigError
-    from .. import zoo as zoo_mod
+    from ..training import zoo as zoo_mod
     roles = tuple(r.strip() for r in args.roles.split(",")) if args.roles else None
     known = {"mae", "base", "prune", "control", "reverse"}
     if roles and not set(roles) <= known:
