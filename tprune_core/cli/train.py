@@ -2,10 +2,10 @@
 Results go to stdout (JSON with --json), progress to stderr."""
 import json
 import sys
-from argparse import BooleanOptionalAction
 
-from ..rules import DEFAULT_DROP_LOC, FAMILIES, ON_ERROR, PRECISIONS, SIZES, SPLITS, ZOO_PROFILES, method_names
-from . import drop_loc_arg
+from ..rules import DEFAULT_DROP_LOC, ON_ERROR, SPLITS, ZOO_PROFILES, method_names
+from ..training.config import TrainConfig
+from . import add_field_flags, drop_loc_arg, flag_values
 
 
 def _value(text):
@@ -32,8 +32,6 @@ def _map(result: dict, key: str = "mAP") -> str:
 
 def add_parser(subparsers):
     p = subparsers.add_parser("train", help="train a model (or find it in the cache); selection on val, then test once")
-    p.add_argument("--family", default="ast", choices=FAMILIES)
-    p.add_argument("--size", default="tiny", choices=tuple(SIZES))
     p.add_argument("--dataset", default="speechcommands", metavar="NAME|PATH",
                    help="a built-in dataset (speechcommands, urbansound8k, esc50, voxceleb1, synthetic, "
                         "default[:speech|:ambient]) or a path to a folder of your own audio: class folders "
@@ -59,28 +57,14 @@ def add_parser(subparsers):
                         "of your --family, e.g. release:ast/speechcommands/s0: all but its head); mae: the zoo's "
                         "MAE encoder (pretrained first if missing); run:HASH: another run's weights; "
                         "transfer:HASH: a run of another dataset, all but its head (position embeddings resized)")
-    p.add_argument("--prune-method", default=None, help="pruning-aware fine-tuning with this method (e.g. topk)")
-    p.add_argument("--keep-rate", type=float, default=None, help="target keep rate of the shrink")
-    p.add_argument("--drop-loc", type=drop_loc_arg, default=None, help="drop blocks, e.g. 3,6,9")
-    for name in ("frames", "data_frames", "epochs", "batch_size", "seed", "freq_mask", "time_mask", "threads",
-                 "ckpt_every"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None)
-    p.add_argument("--teacher", default=None, metavar="run:HASH",
-                   help="hard-label distillation from a finished run of the same data (weight: --distill)")
-    for name in ("lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup", "drop_path", "distill",
-                 "prune_hold_epochs", "prune_shrink_epochs"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=None)
-    p.add_argument("--precision", default=None, choices=PRECISIONS)
-    p.add_argument("--device", default=None, help="auto | cpu | cuda (default auto; under torchrun each process "
-                                                  "takes cuda:LOCAL_RANK, or the CPU with gloo)")
-    p.add_argument("--stream", action=BooleanOptionalAction, default=None,
-                   help="read features from shard files written once, a batch at a time (memory: a batch, not the "
-                        "split; the same numbers); default: when a split's features would exceed 4 GiB in memory")
-    p.epilog = "Unset flags take the TrainConfig defaults (tprune_core/train.py), or the zoo profile's with --profile."
+    # every other TrainConfig field is a flag of its own, typed and explained by the field (training/config.py)
+    fields = add_field_flags(p, TrainConfig, skip={"dataset", "on_error", "init"})
+    p.epilog = ("Unset flags take the TrainConfig defaults (tprune_core/training/config.py), or the zoo profile's "
+                "with --profile.")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="any other TrainConfig field")
     p.add_argument("--no-test", action="store_true", help="stop after training and selection")
     p.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=cmd_train, field_flags=fields)
 
     q = subparsers.add_parser("eval", help="evaluate a checkpoint, optionally with token pruning")
     q.add_argument("--checkpoint", required=True, help="run folder, best.pt, or a run hash under the zoo")
@@ -121,35 +105,28 @@ def add_parser(subparsers):
 def cmd_train(args):
     from ..errors import ConfigError
     from ..training.runtime import read_json
-    from ..training.train import TrainConfig, run, train_run
+    from ..training.train import run, train_run
     from ..training import zoo as zoo_mod
 
     kw = {}
     if args.profile:
-        kw = zoo_mod.base_config(args.profile, args.family, args.dataset, args.seed or 0).to_dict()
-    kw.update(family=args.family, size=args.size, dataset=args.dataset)
+        kw = zoo_mod.base_config(args.profile, args.family or "ast", args.dataset, args.seed or 0).to_dict()
+    kw["dataset"] = args.dataset
     if args.protocol is not None:
         kw["protocol"] = _pairs(args.protocol, "--protocol")
-    for name in ("frames", "data_frames", "epochs", "batch_size", "seed", "freq_mask", "time_mask", "threads",
-                 "ckpt_every", "lr", "min_lr", "warmup_epochs", "weight_decay", "label_smoothing", "mixup",
-                 "drop_path", "prune_hold_epochs", "prune_shrink_epochs", "precision", "device", "keep_rate",
-                 "drop_loc", "prune_method", "teacher", "distill"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
+    kw.update(flag_values(args, args.field_flags))
     kw.update(_pairs(args.set, "--set"))
     if args.on_error is not None:
         kw["on_error"] = args.on_error
-    if args.stream is not None:
-        kw["stream"] = args.stream
     print(_choose_clip_length(args, kw), file=sys.stderr)
     if args.pretrained is not None:
         if args.pretrained == "mae":
-            if args.family != "audiomae":
+            if kw.get("family", TrainConfig.family) != "audiomae":
                 raise ConfigError("--pretrained mae: MAE weights are for --family audiomae")
             kw["init"] = "mae:" + _ensure_mae(args, kw).hash()
         elif args.pretrained.startswith("release:"):
             from ..training.release import init_from_release
-            kw["init"] = init_from_release(args.pretrained.split(":", 1)[1], args.family)
+            kw["init"] = init_from_release(args.pretrained.split(":", 1)[1], kw.get("family", TrainConfig.family))
         else:
             kw["init"] = args.pretrained
     cfg = TrainConfig.from_dict(kw)
@@ -178,7 +155,6 @@ def _choose_clip_length(args, kw) -> str:
     from ..data.datasets import frames_for, is_builtin, load_dataset, seconds_of, takes_seconds
     from ..errors import ConfigError
     from ..data.folders import LAYOUTS as FOLDER_LAYOUTS
-    from ..training.train import TrainConfig
     if args.seconds is not None:
         if args.data_frames is not None:
             raise ConfigError("--seconds and --data-frames both set the frames read per clip; give one of them")
@@ -230,7 +206,7 @@ def _ensure_mae(args, kw):
 def cmd_eval(args):
     from ..data.cache import load_features
     from ..training.evaluation import evaluate
-    from ..training.train import TrainConfig, apply_run_pruning, load_checkpoint
+    from ..training.train import apply_run_pruning, load_checkpoint
 
     model, meta = load_checkpoint(args.checkpoint, args.device)
     cfg = TrainConfig.from_dict(meta["config"])

@@ -34,57 +34,40 @@ from timm.models.vision_transformer import Block
 from ..data.datasets import data_fingerprint
 from ..errors import CheckpointError, ConfigError
 from ..nn.models import create_model, patch_grid, patch_pixels
-from ..rules import PATCH, PRECISIONS, SIZES
+from ..rules import PATCH, check_patch_multiple, fields_of
 from ..source import code_version
+from .config import Schedule, check_schedule
 from .loop import Task, run_epochs
-from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic, load_torch, machine_info,
-                      param_groups, read_json, resolve_device, run_dir_for, save_atomic)
+from .runtime import (TRAIN_VERSION, adamw, autocast, config_hash, cpu_threads, deterministic, load_torch,
+                      machine_info, param_groups, read_json, resolve_device, run_dir_for, save_atomic)
 
 
 @dataclass
-class MAEConfig:
-    size: str = "tiny"
+class MAEConfig(Schedule):
+    """MAE pretraining of an encoder on one or more datasets' clips (the shared fields: ``config.Schedule``)."""
     sources: list = field(default_factory=lambda: [{"dataset": "speechcommands", "protocol": {}, "frames": 96}])
     crop_frames: int = 96                # common window length (multiple of 16)
-    mel: int = 128
     mask_ratio: float = 0.8
     decoder_dim: int = 128
     decoder_depth: int = 2
     decoder_heads: int = 4
     norm_pix: bool = True
-    epochs: int = 20
+    epochs: int = 20                     # Schedule's fields with MAE's own defaults
     batch_size: int = 64
-    lr: float = 1e-3
-    min_lr: float = 1e-5
     warmup_epochs: float = 2.0
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    seed: int = 0
-    precision: str = "auto"
-    # operational (not hashed)
-    device: str = "auto"
-    threads: int | None = None
-    ckpt_every: int = 50
-    progress: bool = True
 
     def __post_init__(self):
         self.sources = [dict(dataset=s["dataset"], protocol=dict(s.get("protocol") or {}), frames=int(s["frames"]))
                         for s in self.sources]
+        check_schedule(self)
+        with fields_of("MAEConfig"):
+            check_patch_multiple("crop_frames", self.crop_frames)
         bad = [s for s in self.sources if s["frames"] < self.crop_frames or s["frames"] % PATCH]
         if not self.sources or bad:
             raise ConfigError(f"MAEConfig.sources: expected datasets with frames >= crop_frames={self.crop_frames} "
                               f"and a multiple of {PATCH}, got {bad or self.sources}")
-        if self.size not in SIZES:
-            raise ConfigError(f"MAEConfig.size: expected one of {tuple(SIZES)}, got {self.size!r}")
-        if self.crop_frames <= 0 or self.crop_frames % PATCH:
-            raise ConfigError(f"MAEConfig.crop_frames: expected a positive multiple of {PATCH}, got {self.crop_frames}")
         if not 0 < self.mask_ratio < 1:
             raise ConfigError(f"MAEConfig.mask_ratio: expected a number in (0, 1), got {self.mask_ratio}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"MAEConfig.precision: expected {alternatives(PRECISIONS)}, got {self.precision!r}")
-        if not 0 <= self.warmup_epochs <= self.epochs or self.epochs < 1:
-            raise ConfigError(f"MAEConfig.epochs/warmup_epochs: expected epochs >= 1 and warmup within, got "
-                              f"{self.epochs}/{self.warmup_epochs}")
 
     @property
     def max_frames(self) -> int:

@@ -46,153 +46,25 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
-from .. import rules
-from ..data.datasets import data_fingerprint, seconds_of
+from ..data.datasets import seconds_of
 from ..data.targets import criterion, hits, score_fields
 from ..errors import AudioError, CheckpointError, ConfigError, counted
 from ..nn import pruning
 from ..nn.models import create_model, transfer_filter
-from ..rules import DEFAULT_DROP_LOC, ON_ERROR
 from ..source import code_version
 from . import distributed
+from .config import INIT_KINDS, Schedule, TrainConfig, validate  # noqa: F401 (TrainConfig's home)
 from .evaluation import crop_frames, evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
-from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic,
-                      load_torch, machine_info, param_groups, read_json, resolve_device, run_dir_for, save_atomic,
-                      weights_digest, zoo_root)
-# Moved to runtime, still importable from here (as evaluate, read_json, zoo_root, config_hash, ... above).
-from .runtime import OPERATIONAL, lr_at, training_attention  # noqa: F401
-
-INIT_KINDS = ("mae", "run", "transfer")   # where a run's first weights come from (TrainConfig.init)
-
-
-@dataclass
-class TrainConfig:
-    family: str = "ast"                  # ast | audiomae
-    size: str = "tiny"                   # tiny | small | base (12 blocks, 16x16 patches each)
-    dataset: str = "speechcommands"      # any name tprune_core.data.cache.load_features knows
-    protocol: dict = field(default_factory=dict)   # dataset protocol, e.g. {"test_fold": 10}
-    frames: int = 96                     # model input length (10 ms frames, multiple of 16)
-    data_frames: int | None = None       # frames loaded per clip; > frames: random crops in training, start crop in eval
-    mel: int = 128
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0               # 0 = off
-    label_smoothing: float = 0.1
-    mixup: float = 0.0                   # Beta(a, a) mixing of clip pairs; 0 = off
-    class_balance: bool = False          # cross-entropy weighted by inverse training-class frequency
-    time_shift: int = 0                  # shift each training clip by up to this many frames (silence fills in)
-    freq_mask: int = 24                  # SpecAugment: widest frequency mask in mel bins (0 = off)
-    time_mask: int = 20                  # widest time mask in frames (0 = off)
-    drop_path: float = 0.1
-    qk_norm: bool = False                # LayerNorm on queries and keys per head (timm qk_norm): steadier from scratch
-    layer_scale: float | None = None     # LayerScale init value per residual branch (timm init_values); None = off
-    init: str | None = None              # None (from scratch) | "mae:<hash>" (MAE encoder) | "run:<hash>" (a run's best.pt)
-    #                                      | "transfer:<hash>" (a run of another dataset: all but its head)
-    teacher: str | None = None           # "run:<hash>": hard-label distillation from a finished run of the same data
-    distill: float = 0.5                 # weight of the teacher's labels in the loss (1 - distill: the true labels)
-    prune_method: str | None = None      # pruning-aware fine-tuning with this method (see pruning.METHODS)
-    keep_rate: float = 1.0               # target keep rate of the shrink
-    drop_loc: tuple = DEFAULT_DROP_LOC
-    prune_hold_epochs: float = 1.0       # keep rate 1.0 this long ...
-    prune_shrink_epochs: float = 2.0     # ... then a cosine shrink to keep_rate over this long, then fixed
-    augment_while_shrinking: bool = True  # False: no SpecAugment / mixup / shift during the shrink (as the paper)
-    prune_options: dict = field(default_factory=dict)
-    seed: int = 0
-    precision: str = "auto"              # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    on_error: str = "raise"              # unreadable audio file: raise (stop, naming it) | skip (leave it out, list it)
-    # operational (not hashed)
-    device: str = "auto"                 # auto | cpu | cuda | cuda:N
-    threads: int | None = None           # torch CPU threads for this run (None: leave as is)
-    ckpt_every: int = 50                 # steps between mid-epoch checkpoints
-    eval_batch_size: int = 128
-    progress: bool = True
-    stream: bool | None = None           # features from shard files a batch at a time (None: when a split is large)
-
-    def __post_init__(self):
-        self.drop_loc = tuple(int(b) for b in self.drop_loc)
-        self.protocol = dict(self.protocol or {})
-        self.prune_options = dict(self.prune_options or {})
-        validate(self)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["drop_loc"] = list(self.drop_loc)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"TrainConfig: unknown field(s) {unknown}; expected some of {sorted(known)}")
-        return cls(**d)
-
-    def hash(self) -> str:
-        """Names the run's folder. A user-folder dataset adds its content fingerprint: a run trained before the
-        folder changed is never served for the changed folder."""
-        return config_hash(self, data=data_fingerprint(self.dataset, self.protocol))
-
-
-def validate(cfg: TrainConfig):
-    """Raise ConfigError naming the first field that is out of range."""
-    def need(ok, name, expected):
-        if not ok:
-            raise ConfigError(f"TrainConfig.{name}: expected {expected}, got {getattr(cfg, name)!r}")
-    with rules.fields_of("TrainConfig"):   # the rules every model and pruning setting share
-        rules.check_model(cfg.family, cfg.size, cfg.frames, cfg.mel)
-        rules.check_precision(cfg.precision)
-        if cfg.prune_method is not None:
-            rules.check_one_of("prune_method", rules.method_names(), cfg.prune_method)
-            rules.check_pruning(cfg.prune_method, cfg.keep_rate, cfg.drop_loc, rules.depth_of(cfg.size),
-                                cfg.prune_options)
-    need(cfg.data_frames is None or (isinstance(cfg.data_frames, int) and cfg.data_frames >= cfg.frames),
-         "data_frames", "None or an int >= frames")
-    need(isinstance(cfg.epochs, int) and cfg.epochs >= 1, "epochs", "an int >= 1")
-    need(isinstance(cfg.batch_size, int) and cfg.batch_size >= 1, "batch_size", "an int >= 1")
-    need(cfg.lr > 0 and 0 <= cfg.min_lr <= cfg.lr, "lr", "lr > 0 and 0 <= min_lr <= lr")
-    need(0 <= cfg.warmup_epochs <= cfg.epochs, "warmup_epochs", f"a number in [0, epochs={cfg.epochs}]")
-    need(cfg.weight_decay >= 0, "weight_decay", ">= 0")
-    need(cfg.grad_clip >= 0, "grad_clip", ">= 0")
-    need(0 <= cfg.label_smoothing < 1, "label_smoothing", "a number in [0, 1)")
-    need(cfg.mixup >= 0, "mixup", ">= 0")
-    need(isinstance(cfg.class_balance, bool), "class_balance", "True or False")
-    need(isinstance(cfg.qk_norm, bool), "qk_norm", "True or False")
-    need(cfg.layer_scale is None or (isinstance(cfg.layer_scale, (int, float)) and cfg.layer_scale > 0),
-         "layer_scale", "None or a number > 0")
-    need(isinstance(cfg.time_shift, int) and cfg.time_shift >= 0, "time_shift", "an int >= 0")
-    need(isinstance(cfg.augment_while_shrinking, bool), "augment_while_shrinking", "True or False")
-    need(cfg.freq_mask >= 0 and cfg.time_mask >= 0, "freq_mask", "mask widths >= 0")
-    need(0 <= cfg.drop_path < 1, "drop_path", "a number in [0, 1)")
-    need(cfg.init is None or (isinstance(cfg.init, str) and cfg.init.split(":", 1)[0] in INIT_KINDS
-                              and len(cfg.init.split(":", 1)) == 2), "init",
-         "None, 'mae:<hash>', 'run:<hash>' or 'transfer:<hash>'")
-    need(not (cfg.init or "").startswith("mae:") or cfg.family == "audiomae", "init",
-         "MAE weights only for family='audiomae'")
-    need(not (cfg.init or "").startswith("mae:") or (not cfg.qk_norm and cfg.layer_scale is None), "init",
-         "MAE weights only for the stock blocks (qk_norm=False, layer_scale=None): the MAE encoder has neither")
-    need(cfg.teacher is None or (isinstance(cfg.teacher, str) and cfg.teacher.startswith("run:")
-                                 and len(cfg.teacher) > 4), "teacher", "None or 'run:<hash>'")
-    need(0 <= cfg.distill <= 1, "distill", "a number in [0, 1]")
-    need(cfg.teacher is None or cfg.distill > 0, "distill", "> 0 when a teacher is given (at 0 it would run unused)")
-    need(0 < cfg.keep_rate <= 1, "keep_rate", "a number in (0, 1]")
-    need(cfg.prune_method is not None or cfg.keep_rate == 1.0, "keep_rate", "1.0 when prune_method is None")
-    need(cfg.prune_hold_epochs >= 0 and cfg.prune_shrink_epochs >= 0 and (
-         cfg.prune_method is None or cfg.prune_hold_epochs + cfg.prune_shrink_epochs <= cfg.epochs), "prune_hold_epochs",
-         f"hold + shrink epochs within epochs={cfg.epochs}")
-    need(cfg.on_error in ON_ERROR, "on_error", alternatives(ON_ERROR))
-    need(isinstance(cfg.ckpt_every, int) and cfg.ckpt_every >= 1, "ckpt_every", "an int >= 1")
-    need(cfg.stream in (None, True, False), "stream", "None (auto), True or False")
+from .runtime import (TRAIN_VERSION, adamw, autocast, cpu_threads, deterministic, load_torch, machine_info,
+                      param_groups, read_json, resolve_device, run_dir_for, save_atomic, weights_digest, zoo_root)
+# Moved to runtime, still importable from here (as evaluate, read_json, zoo_root ... above).
+from .runtime import OPERATIONAL, config_hash, lr_at, training_attention  # noqa: F401
 
 
 # ---------------------------------------------------------------------------------------------- schedules and models
