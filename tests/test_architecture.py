@@ -163,3 +163,10 @@ def test_only_paths_reads_where_data_caches_and_the_release_live():
                      for var in ("TPRUNE_DATA", "TPRUNE_CACHE", "TPRUNE_RELEASE")
                      if f'environ.get("{var}"' in p.read_text() or f'environ["{var}"]' in p.read_text())
     assert set(readers) == {"tprune_core/paths.py"}, readers
+
+
+def test_the_zoo_spec_does_not_import_its_builder():
+    """zoo (spec, plan, entries) stays readable without the training machinery that builds it (training.build)."""
+    modules = _modules()
+    assert "tprune_core.training.build" not in _imports("tprune_core.training.zoo",
+                                                        modules["tprune_core.training.zoo"], set(modules))

@@ -357,3 +357,28 @@ def test_auto_pools_only_an_extra_folder_beside_the_copy(tmp_path, monkeypatch):
     assert load_dataset("speechcommands", folder, "test").protocol["split"] == "by speaker"
     make_speech_extra(tmp_path / "mine")
     assert load_dataset("speechcommands", folder, "test").protocol["split"] == "pooled by speaker"
+
+
+def test_a_built_in_dataset_is_one_record(tmp_path, monkeypatch):
+    """Adding a built-in dataset adds one `Builtin` record: finding it, its layout, its splits and its protocol
+    line all come from the record."""
+    from tprune_core.data import datasets as D
+    from tprune_core.data.clips import Clip
+
+    def build(folder, layout, seed=0):
+        clips = {s: [Clip(str(folder / f"{s}{i}.wav"), i % 2, f"{s}{i}", f"{s}{i}") for i in range(4)]
+                 for s in ("train", "val", "test")}
+        return ["a", "b"], clips, {"seed": seed}, 1.0
+
+    record = D.Builtin("toyset", ("ToySet",), ("official: toy.txt",),
+                       lambda f: "official" if (f / "toy.txt").is_file() else None, build,
+                       lambda protocol: f"toy split, seed {protocol.get('seed', 0)}")
+    monkeypatch.setitem(D.BUILTINS, "toyset", record)
+    (tmp_path / "ToySet").mkdir()
+    (tmp_path / "ToySet" / "toy.txt").write_text("")
+    assert D.locate("toyset", tmp_path) == (tmp_path / "ToySet", "official")
+    clips = D.load_dataset("toyset", tmp_path, "val")
+    assert clips.classes == ["a", "b"] and len(clips.clips) == 4 and D.is_builtin("toyset")
+    assert D.describe_protocol("toyset", {"seed": 3}) == "toy split, seed 3"
+    with pytest.raises(DatasetError, match="ToySet"):
+        D.locate("toyset", tmp_path / "ToySet" / "nothing-here")

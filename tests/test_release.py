@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from tprune_core import release, zoo
+from tprune_core.training import build
 from tprune_core.release import ReleaseError
 
 pytestmark = pytest.mark.slow
@@ -19,9 +20,9 @@ def packed(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("TPRUNE_CACHE", str(root / "cache"))
     mp.setenv("TPRUNE_RELEASE", str(root / "zoo"))
-    zoo.build_zoo("smoke", progress=False, report=False, roles=ROLES)
+    build.build_zoo("smoke", progress=False, report=False, roles=ROLES)
     fp32 = {e["hash"]: e for e in zoo.zoo_entries("smoke", roles=ROLES)}
-    added = zoo.pack_release("smoke", progress=False)
+    added = build.pack_release("smoke", progress=False)
     yield {"root": root, "added": added, "fp32": fp32}
     mp.undo()
 
@@ -63,7 +64,7 @@ def test_a_reader_finds_every_released_model_without_training(env, monkeypatch):
         raise AssertionError("a released model was trained again")
     monkeypatch.setattr(zoo, "_train_one", no_training)
     monkeypatch.setattr(zoo, "_train_parallel", no_training)
-    entries = zoo.build_zoo("smoke", progress=False, report=False, roles=ROLES)
+    entries = build.build_zoo("smoke", progress=False, report=False, roles=ROLES)
     records = release.released("smoke")
     assert {e["hash"] for e in entries} == set(records) and all(e["trained"] for e in entries)
     for e in entries:
@@ -128,7 +129,7 @@ def test_pack_keeps_one_release_and_drops_what_the_plan_no_longer_has(env, tmp_p
     (folder / old["file"]).write_bytes(b"old weights")
     manifest["models"].append(old)
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert zoo.pack_release("smoke", progress=False) == []              # everything built is packed already
+    assert build.pack_release("smoke", progress=False) == []              # everything built is packed already
     assert "0ldrecipe000" not in release.released("smoke") and not (folder / old["file"]).exists()
     (folder / "stray.bin").write_bytes(b"x")
     with pytest.raises(ReleaseError, match="stray.bin"):

@@ -16,6 +16,7 @@ import torch
 
 from conftest import Interrupted, stop_at, toy_set
 from tprune_core import train as T
+from tprune_core.training import build
 from tprune_core.errors import CheckpointError, ConfigError
 from tprune_core.evaluation import evaluate
 from tprune_core.models import create_model
@@ -346,7 +347,7 @@ def test_zoo_entries_select_roles_and_name_what_is_missing(tmp_cache):
 def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     from tprune_core import zoo
     t = time.time()
-    entries = zoo.build_zoo("smoke", progress=False, jobs=2)   # two one-thread worker processes
+    entries = build.build_zoo("smoke", progress=False, jobs=2)   # two one-thread worker processes
     assert time.time() - t < 180
     assert "total" in capsys.readouterr().out
     models = [e for e in entries if e["role"] != "mae"]
@@ -363,7 +364,7 @@ def test_smoke_zoo_builds_and_is_found_again(tmp_cache, capsys):
     assert meta["hash"] == models[0]["hash"]
     # A second build finds everything in the cache.
     t = time.time()
-    zoo.build_zoo("smoke", progress=False)
+    build.build_zoo("smoke", progress=False)
     assert time.time() - t < 20
 
 

@@ -53,6 +53,7 @@ def _check_provenance(profile_name: str, store: Path):
 def _prepare_execution(root: Path, out: Path, profile_name: str, reexecute: bool, train: bool, jobs: int):
     """Preload the current stored chapters into the execution cache; train the zoo only if a chapter must run."""
     from ..training import zoo
+    from ..training.build import build_zoo
     store = results.default_root(base=root)
     if reexecute:
         stale = {"*": "--reexecute"}
@@ -61,7 +62,7 @@ def _prepare_execution(root: Path, out: Path, profile_name: str, reexecute: bool
         print(f"tprune book: {len(loaded)} chapter(s) from the notebooks stored in {store}"
               + "".join(f"\n  {ch}: to execute ({why})" for ch, why in stale.items()), flush=True)
     if stale and train:
-        zoo.build_zoo(profile_name, jobs=jobs)   # what the chapters to execute need, if not built or released
+        build_zoo(profile_name, jobs=jobs)   # what the chapters to execute need, if not built or released
 
 
 def build(root=None, profile_name: str | None = None, extra_args=(), reexecute: bool = False, train: bool = True,

@@ -36,7 +36,7 @@ from ..data.datasets import data_fingerprint, frames_for, is_builtin, load_datas
 from ..errors import AudioError, ConfigError, counted
 from ..fsio import atomic_write_json
 from ..rules import FAMILIES, ON_ERROR, PATCH
-from ..training import release, zoo
+from ..training import build, release, zoo
 
 FORMAT = "tprune-study/1"
 PREFIX = zoo.STUDY_PREFIX
@@ -374,7 +374,7 @@ def train(spec: dict, jobs: int = 2, device: str = "auto", progress: bool = True
         bar["bar"].update(1)
 
     # one thread per run, also alone: two threads of one run wait on each other (zoo.py, "Cost of full")
-    entries = zoo.build_zoo(spec["profile"], threads=1, progress=False, device=device, report=False, jobs=jobs,
+    entries = build.build_zoo(spec["profile"], threads=1, progress=False, device=device, report=False, jobs=jobs,
                             on_start=started, on_done=finished)
     if "bar" in bar:
         bar["bar"].close()

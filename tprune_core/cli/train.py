@@ -240,15 +240,15 @@ def cmd_eval(args):
 
 
 def cmd_zoo(args):
-    from ..training import release
     from ..errors import ConfigError
+    from ..training import build, release
     from ..training import zoo as zoo_mod
     roles = tuple(r.strip() for r in args.roles.split(",")) if args.roles else None
     known = {"mae", "base", "prune", "control", "reverse"}
     if roles and not set(roles) <= known:
         raise ConfigError(f"--roles: {', '.join(sorted(set(roles) - known))} not among {', '.join(sorted(known))}")
     if args.action == "pack":
-        added = zoo_mod.pack_release(args.profile, roles or release.RELEASED_ROLES, code_commit=args.code_commit)
+        added = build.pack_release(args.profile, roles or release.RELEASED_ROLES, code_commit=args.code_commit)
         print(f"tprune zoo pack: {len(added)} model(s) added to {release.release_dir(args.profile)}")
         return 0
     if args.action == "verify":
@@ -269,7 +269,7 @@ def cmd_zoo(args):
                 print(f"{e['hash']}  {e['role']:7s} {e['family']:8s} {e['dataset']:28s} seed {e['seed']} "
                       f"keep {e.get('keep_rate', '-')!s:4s} {state:8s} {acc}")
         return 0
-    entries = zoo_mod.build_zoo(args.profile, threads=args.threads, progress=not args.json, device=args.device,
+    entries = build.build_zoo(args.profile, threads=args.threads, progress=not args.json, device=args.device,
                                 report=not args.json, jobs=args.jobs, roles=roles)
     if args.json:
         print(json.dumps({"entries": entries, "summary": zoo_mod.summarize(entries)}, indent=1, default=str))

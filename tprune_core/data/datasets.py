@@ -36,8 +36,8 @@ The builders assert it. Protocols (defaults in brackets):
   ambient / speech — with a `SyntheticDataWarning` and `source == "synthetic"` on the result, never silently.
 
 Data are found under `root` (the dataset folder or a folder holding it), else under `$TPRUNE_DATA`, as one of the
-folder names in FOLDERS (or any sub-folder whose layout matches). A path to a folder in a built-in layout loads as
-that dataset.
+folder names its record lists (`BUILTINS`, one record per built-in dataset; or any sub-folder whose layout matches).
+A path to a folder in a built-in layout loads as that dataset.
 """
 import hashlib
 import inspect
@@ -46,6 +46,7 @@ import math
 import os
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,23 +60,8 @@ from .clips import (AUDIO_EXT, Clip, assert_disjoint, carve_by_group, find_audio
                     split_by_group)
 from .synth import SYNTH_FLAVOURS, SYNTH_RATE, SYNTH_VERSION, SynthRenderer
 
-FOLDERS = {  # folder names looked for under $TPRUNE_DATA (or a root that holds them)
-    "urbansound8k": ["urbansound8k", "UrbanSound8K"],
-    "speechcommands": ["speechcommands-test-v0.02", "speech_commands_v0.02", "speechcommands", "SpeechCommands"],
-    "esc50": ["ESC-50", "esc50", "ESC-50-master"],
-    "voxceleb1": ["voxceleb1", "VoxCeleb1", "vox1"],
-}
 # Extra Speech Commands training speakers (v0.01 clips, no speaker of the v0.02 test list), beside the test copy.
 SPEECH_EXTRA_FOLDERS = ["speechcommands-extra-v0.01"]
-LAYOUTS = {
-    "urbansound8k": ["official: audio/fold1..10/*.wav + metadata/UrbanSound8K.csv",
-                     "shared copy: audio/fold<k>/*.flac + metadata.csv"],
-    "speechcommands": ["official v0.02: <label>/*.wav + validation_list.txt + testing_list.txt",
-                       "shared test set: yes/ no/ up/ down/ left/ right/ on/ off/ stop/ go/ _unknown_/ "
-                       "with audio files"],
-    "esc50": ["official: audio/*.wav + meta/esc50.csv"],
-    "voxceleb1": ["official: wav/<speaker>/<video>/<n>.wav + iden_split.txt"],
-}
 KEYWORDS = ["yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go"]
 SPEECH_CLASSES = KEYWORDS + ["_unknown_"]   # every other word is `_unknown_`
 DEFAULTS = {"ambient": "urbansound8k", "speech": "speechcommands"}
@@ -174,31 +160,39 @@ class ClipSet:
 # ---------------------------------------------------------------------------------------------- finding data
 
 def _detect(name: str, folder: Path) -> str | None:
-    """The layout of `folder` for dataset `name` ("official" / "shared"), or None when it does not match."""
-    if name == "urbansound8k":
-        if (folder / "audio").is_dir() and any((folder / "audio").glob("fold*")):
-            if (folder / "metadata" / "UrbanSound8K.csv").is_file():
-                return "official"
-            if (folder / "metadata.csv").is_file():
-                return "shared"
-    elif name == "speechcommands":
-        if all((folder / k).is_dir() for k in KEYWORDS):
-            if (folder / "testing_list.txt").is_file() and (folder / "validation_list.txt").is_file():
-                return "official"
-            if (folder / "_unknown_").is_dir():
-                return "shared"
-    elif name == "esc50":
-        if (folder / "meta" / "esc50.csv").is_file() and (folder / "audio").is_dir():
+    """The layout of `folder` for built-in dataset `name` ("official" / "shared"), or None when it does not match."""
+    return BUILTINS[name].detect(folder)
+
+
+def _detect_urbansound8k(folder: Path) -> str | None:
+    if (folder / "audio").is_dir() and any((folder / "audio").glob("fold*")):
+        if (folder / "metadata" / "UrbanSound8K.csv").is_file():
             return "official"
-    elif name == "voxceleb1":
-        if (folder / "iden_split.txt").is_file() and (folder / "wav").is_dir():
-            return "official"
+        if (folder / "metadata.csv").is_file():
+            return "shared"
     return None
+
+
+def _detect_speechcommands(folder: Path) -> str | None:
+    if all((folder / k).is_dir() for k in KEYWORDS):
+        if (folder / "testing_list.txt").is_file() and (folder / "validation_list.txt").is_file():
+            return "official"
+        if (folder / "_unknown_").is_dir():
+            return "shared"
+    return None
+
+
+def _detect_esc50(folder: Path) -> str | None:
+    return "official" if (folder / "meta" / "esc50.csv").is_file() and (folder / "audio").is_dir() else None
+
+
+def _detect_voxceleb1(folder: Path) -> str | None:
+    return "official" if (folder / "iden_split.txt").is_file() and (folder / "wav").is_dir() else None
 
 
 def _expected(names=None) -> str:
     """The layouts of `names`; by default every built-in one and the folder layouts."""
-    text = "; ".join(f"{n}: " + " | ".join(LAYOUTS[n]) for n in names or LAYOUTS)
+    text = "; ".join(f"{n}: " + " | ".join(BUILTINS[n].layouts) for n in names or BUILTINS)
     if names is None:
         text += f"; or any folder of audio, as {folders.expected()}"
     return text
@@ -209,7 +203,7 @@ def detect_layout(folder) -> tuple[str, str]:
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder; expected a dataset folder ({_expected()})")
-    for name in LAYOUTS:
+    for name in BUILTINS:
         layout = _detect(name, folder)
         if layout:
             return name, layout
@@ -218,10 +212,10 @@ def detect_layout(folder) -> tuple[str, str]:
 
 def _identify(folder: Path) -> tuple:
     """(name, layout, builder) of a dataset folder: a built-in layout first, else a folder layout."""
-    for name in BUILDERS:
+    for name in BUILTINS:
         layout = _detect(name, folder)
         if layout:
-            return name, layout, BUILDERS[name]
+            return name, layout, BUILTINS[name].build
     layout = folders.detect(folder)
     if layout is None:
         raise folders.no_layout_error(folder, _expected())
@@ -229,7 +223,7 @@ def _identify(folder: Path) -> tuple:
 
 
 def _candidates(name: str, base: Path) -> list[Path]:
-    named = [base] + [base / f for f in FOLDERS[name]]
+    named = [base] + [base / f for f in list(BUILTINS[name].folders)]
     others = sorted(p for p in base.iterdir() if p.is_dir() and p not in named) if base.is_dir() else []
     return named + others
 
@@ -239,24 +233,22 @@ def locate(name: str, root=None) -> tuple[Path, str]:
     base = Path(root).expanduser().resolve() if root is not None else data_root()
     if base is None:
         raise DatasetError(f"no {name} data: pass root=DIR or set TPRUNE_DATA to a folder holding one of "
-                           f"{FOLDERS[name]} (`tprune data fetch {name} --to DIR` downloads it where possible)")
+                           f"{list(BUILTINS[name].folders)} (`tprune data fetch {name} --to DIR` downloads it where possible)")
     what = f"root={base}" if root is not None else f"TPRUNE_DATA={base}"
     if not base.is_dir():
-        raise DatasetError(f"{what}: no such folder; expected a folder holding one of {FOLDERS[name]}")
+        raise DatasetError(f"{what}: no such folder; expected a folder holding one of {list(BUILTINS[name].folders)}")
     for folder in _candidates(name, base):
         layout = _detect(name, folder)
         if layout:
             return folder, layout
-    raise DatasetError(f"{what}: no {name} data in this folder or its sub-folders (looked for {FOLDERS[name]}); "
+    raise DatasetError(f"{what}: no {name} data in this folder or its sub-folders (looked for {list(BUILTINS[name].folders)}); "
                        f"expected layout {_expected([name])}")
 
 
 # ---------------------------------------------------------------------------------------------- splitting
 
-OFFICIAL_CLASSES = {
-    "urbansound8k": ["air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
-                     "gun_shot", "jackhammer", "siren", "street_music"],
-}
+URBANSOUND8K_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling", "engine_idling",
+                        "gun_shot", "jackhammer", "siren", "street_music")
 
 
 def _classes_from(rows, id_col, name_col, path, official=None) -> list:
@@ -288,7 +280,7 @@ def _classes_from(rows, id_col, name_col, path, official=None) -> list:
 def _urbansound8k(folder: Path, layout: str, test_fold=None, val_fraction=0.15, seed=0):
     meta = folder / "metadata" / "UrbanSound8K.csv" if layout == "official" else folder / "metadata.csv"
     rows = read_csv(meta, {"slice_file_name", "fsID", "fold", "classID", "class"})
-    classes = _classes_from(rows, "classID", "class", meta, OFFICIAL_CLASSES["urbansound8k"])
+    classes = _classes_from(rows, "classID", "class", meta, list(URBANSOUND8K_CLASSES))
     present = sorted(int(p.name[4:]) for p in (folder / "audio").glob("fold*") if p.is_dir() and p.name[4:].isdigit())
     by_fold, missing, listed = defaultdict(list), [], set()
     for r in rows:
@@ -483,13 +475,55 @@ def _voxceleb1(folder: Path, layout: str, seconds=4.0):
     return folders.voxceleb1(folder, seconds)
 
 
-BUILDERS = {"urbansound8k": _urbansound8k, "speechcommands": _speechcommands, "esc50": _esc50,
-            "voxceleb1": _voxceleb1}
+def _describe_speechcommands(protocol: dict) -> str:
+    if split_identity("speechcommands", protocol):
+        return ("pooled by speaker: train = the extra v0.01 speakers + part of the v0.02 test copy; validation "
+                "and test = held-out test-copy speakers (speaker-disjoint across all three, asserted)")
+    return "speaker-disjoint 70/15/15 split of the v0.02 test copy (seed 0), or the official lists"
+
+
+def _describe_urbansound8k(protocol: dict) -> str:
+    return (f"test fold {protocol.get('test_fold', 10)}; train = the other folds present, validation carved out by "
+            f"source recording (fsID)")
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """One built-in dataset: everything this module knows of it, in one place (adding a dataset adds a record)."""
+    name: str
+    folders: tuple            # folder names looked for under $TPRUNE_DATA (or a root that holds them)
+    layouts: tuple            # the layouts it accepts, as the messages name them
+    detect: Callable          # folder -> "official" | "shared" | None
+    build: Callable           # (folder, layout, **protocol) -> (classes, splits, protocol, seconds)
+    describe: Callable | None = None   # protocol -> one line for a chapter's setup box
+    official_classes: tuple | None = None
+
+
+BUILTINS = {r.name: r for r in (
+    Builtin("urbansound8k", ("urbansound8k", "UrbanSound8K"),
+            ("official: audio/fold1..10/*.wav + metadata/UrbanSound8K.csv",
+             "shared copy: audio/fold<k>/*.flac + metadata.csv"),
+            _detect_urbansound8k, _urbansound8k, _describe_urbansound8k, URBANSOUND8K_CLASSES),
+    Builtin("speechcommands", ("speechcommands-test-v0.02", "speech_commands_v0.02", "speechcommands",
+                               "SpeechCommands"),
+            ("official v0.02: <label>/*.wav + validation_list.txt + testing_list.txt",
+             "shared test set: yes/ no/ up/ down/ left/ right/ on/ off/ stop/ go/ _unknown_/ with audio files"),
+            _detect_speechcommands, _speechcommands, _describe_speechcommands, tuple(SPEECH_CLASSES)),
+    Builtin("esc50", ("ESC-50", "esc50", "ESC-50-master"), ("official: audio/*.wav + meta/esc50.csv",),
+            _detect_esc50, _esc50),
+    Builtin("voxceleb1", ("voxceleb1", "VoxCeleb1", "vox1"),
+            ("official: wav/<speaker>/<video>/<n>.wav + iden_split.txt",), _detect_voxceleb1, _voxceleb1),
+)}
+# Views other code reads by name.
+FOLDERS = {n: list(r.folders) for n, r in BUILTINS.items()}
+LAYOUTS = {n: list(r.layouts) for n, r in BUILTINS.items()}
+BUILDERS = {n: r.build for n, r in BUILTINS.items()}
+OFFICIAL_CLASSES = {n: list(r.official_classes) for n, r in BUILTINS.items() if r.official_classes}
 
 
 def _splits(name, folder, layout, protocol, builder=None) -> tuple:
-    """(classes, splits, protocol, seconds) from `builder` (default BUILDERS[name]), every split non-empty."""
-    builder = builder or BUILDERS[name]
+    """(classes, splits, protocol, seconds) from `builder` (default: the record's), every split non-empty."""
+    builder = builder or BUILTINS[name].build
     allowed = [k for k in inspect.signature(builder).parameters if k not in ("folder", "layout")]
     unknown = [k for k in protocol if k not in allowed]
     if unknown:
@@ -514,8 +548,8 @@ def takes_seconds(name) -> bool:
     """Whether the dataset's protocol has a `seconds` parameter, its clip length (folders of your own, voxceleb1,
     synthetic; not the fixed-length built-in ones, nor `default`, which may be either)."""
     name = os.fspath(name)
-    if name == "synthetic" or name in BUILDERS:
-        builder = synthetic if name == "synthetic" else BUILDERS[name]
+    if name == "synthetic" or name in BUILTINS:
+        builder = synthetic if name == "synthetic" else BUILTINS[name].build
         return "seconds" in inspect.signature(builder).parameters
     if name == "default" or name.startswith("default:"):
         return False
@@ -527,21 +561,15 @@ def takes_seconds(name) -> bool:
 
 def is_builtin(name) -> bool:
     """True for the names this module knows (their name and protocol identify their clips)."""
-    return isinstance(name, str) and (name in BUILDERS or name == "synthetic" or name.split(":")[0] == "default")
+    return isinstance(name, str) and (name in BUILTINS or name == "synthetic" or name.split(":")[0] == "default")
 
 
 def describe_protocol(name, protocol=None) -> str:
     """One line on how a dataset's splits are made, for a chapter's setup box."""
     protocol = dict(protocol or {})
-    if name == "speechcommands":
-        if split_identity(name, protocol):
-            return ("pooled by speaker: train = the extra v0.01 speakers + part of the v0.02 test copy; validation "
-                    "and test = held-out test-copy speakers (speaker-disjoint across all three, asserted)")
-        return "speaker-disjoint 70/15/15 split of the v0.02 test copy (seed 0), or the official lists"
-    if name == "urbansound8k":
-        test = protocol.get("test_fold", 10)
-        return (f"test fold {test}; train = the other folds present, validation carved out by source recording "
-                f"(fsID)")
+    record = BUILTINS.get(name)
+    if record is not None and record.describe is not None:
+        return record.describe(protocol)
     return f"protocol {protocol or 'default'} (see tprune_core.data.datasets)"
 
 
@@ -573,13 +601,13 @@ def load_dataset(name, root=None, split: str = "train", **protocol) -> ClipSet:
         return _load_default(name, root, split, protocol)
     if name == "synthetic":
         return synthetic(split, **protocol)
-    if name in BUILDERS:
+    if name in BUILTINS:
         folder, layout = locate(name, root)
         return _build(name, folder, layout, split, protocol)
     folder = folders.find(name, root)
     if folder is None:
         where = f"root={root}" if root is not None else f"TPRUNE_DATA={data_root()}"
-        raise ConfigError(f"dataset {name!r}: expected one of {sorted(BUILDERS) + ['synthetic', 'default']}, "
+        raise ConfigError(f"dataset {name!r}: expected one of {sorted(BUILTINS) + ['synthetic', 'default']}, "
                           f"a path to a dataset folder, or the name of one in {where}")
     name, layout, builder = _identify(folder)
     return _build(name, folder, layout, split, protocol, builder)
@@ -612,7 +640,7 @@ def find_datasets(root=None) -> list[dict]:
     if root is not None and not base.is_dir():
         raise DatasetError(f"root={base}: no such folder; expected a folder holding datasets ({_expected()})")
     out = []
-    for name in BUILDERS:
+    for name in BUILTINS:
         entry = dict(name=name, path=None, found=False, source="real", layout=None, clips=0, classes=0)
         try:
             folder, layout = locate(name, base) if base is not None else locate(name)
@@ -642,7 +670,7 @@ def _summary(folder, layout, classes, splits, protocol, seconds) -> dict:
 def _folder_entries(base: Path) -> list[dict]:
     """find_datasets entries of the folder datasets in `base` (or `base` itself), under their folder names.
     Folders a built-in dataset claims are left out: its own folders and the extra Speech Commands speakers."""
-    if any(_detect(name, base) for name in BUILDERS):
+    if any(_detect(name, base) for name in BUILTINS):
         return []
     out = []
     for folder in folders.candidates(base):

@@ -85,3 +85,18 @@ def normalize(fb: torch.Tensor, mean: float, std: float) -> torch.Tensor:
     if not std > 0:
         raise ConfigError(f"std={std}: expected a positive number")
     return (fb - mean) / (2 * std)
+
+
+def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
+    """(B, T, mel) -> (B, frames, mel): a random window per clip (training) or the first ``frames`` (evaluation,
+    matching pad_or_crop)."""
+    t = x.shape[1]
+    if t == frames:
+        return x
+    if t < frames:
+        raise ConfigError(f"features have {t} frames; the model needs at least {frames}")
+    if not random:
+        return x[:, :frames]
+    start = torch.randint(0, t - frames + 1, (x.shape[0],), generator=generator)
+    idx = (start[:, None] + torch.arange(frames)).to(x.device)
+    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))

@@ -17,27 +17,13 @@ import sys
 import torch
 from tqdm import tqdm
 
+from ..data.features import crop_frames   # also importable from here, its old home
 from ..data.targets import hits, is_multilabel, multilabel_metrics
 from ..errors import ConfigError
 from ..nn.macs import model_macs
 from ..nn.pruning import PruneSettings, forward_from, hidden_before, last_forward, patched, settings
 from ..rules import DEFAULT_DROP_LOC
 from .runtime import autocast
-
-
-def crop_frames(x: torch.Tensor, frames: int, random: bool, generator=None) -> torch.Tensor:
-    """(B, T, mel) -> (B, frames, mel): a random window per clip (training) or the first ``frames`` (evaluation,
-    matching features.pad_or_crop)."""
-    t = x.shape[1]
-    if t == frames:
-        return x
-    if t < frames:
-        raise ConfigError(f"features have {t} frames; the model needs at least {frames}")
-    if not random:
-        return x[:, :frames]
-    start = torch.randint(0, t - frames + 1, (x.shape[0],), generator=generator)
-    idx = (start[:, None] + torch.arange(frames)).to(x.device)
-    return torch.gather(x, 1, idx[..., None].expand(-1, -1, x.shape[2]))
 
 
 @torch.no_grad()

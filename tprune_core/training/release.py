@@ -260,7 +260,7 @@ def _is_built(role: str, cfg) -> bool:
 
 def pack(profile: str, plan: list, code_commit: str | None = None, progress: bool = True) -> list:
     """Add every built run of ``plan`` ((role, config) pairs: the profile's released roles, see
-    ``zoo.pack_release``) to the release, skipping those already in it; runs not built yet are left for a later
+    ``build.pack_release``) to the release, skipping those already in it; runs not built yet are left for a later
     pack. Records no longer in the plan (an older recipe) are removed with their files: one release in the tree at
     a time. Returns the records added. ``code_commit``: the commit that trained runs whose summary predates the
     ``code_version`` field."""

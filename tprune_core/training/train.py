@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 
 from ..data.datasets import seconds_of
+from ..data.features import crop_frames
 from ..data.targets import criterion, hits, score_fields
 from ..errors import AudioError, CheckpointError, ConfigError, counted
 from ..nn import pruning
@@ -58,7 +59,7 @@ from ..nn.models import create_model, transfer_filter
 from ..source import code_version
 from . import distributed
 from .config import INIT_KINDS, Schedule, TrainConfig, validate  # noqa: F401 (TrainConfig's home)
-from .evaluation import crop_frames, evaluate
+from .evaluation import evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
 from .runtime import (TRAIN_VERSION, adamw, autocast, cpu_threads, deterministic, load_torch, machine_info,
