@@ -44,6 +44,7 @@ other code imported from here before (``evaluate``, ``read_json``, ``zoo_root``,
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
@@ -57,7 +58,7 @@ from .errors import AudioError, CheckpointError, ConfigError, counted
 from .evaluation import crop_frames, evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
-from .models import create_model, transfer_filter
+from .models import create_model, load_official_checkpoint, transfer_filter
 from .rules import DEFAULT_DROP_LOC, ON_ERROR
 from .runtime import (TRAIN_VERSION, adamw, alternatives, autocast, config_hash, cpu_threads, deterministic,
                       load_torch, machine_info, param_groups, read_json, resolve_device, run_dir_for, save_atomic,
@@ -68,6 +69,7 @@ from .source import code_version
 from .targets import criterion, hits, score_fields
 
 INIT_KINDS = ("mae", "run", "transfer")   # where a run's first weights come from (TrainConfig.init)
+OFFICIAL = "official"   # init="official:<path>": an official AST / AudioMAE checkpoint file, its encoder (not a run)
 
 
 @dataclass
@@ -118,6 +120,8 @@ class TrainConfig:
     stream: bool | None = None           # features from shard files a batch at a time (None: when a split is large)
 
     def __post_init__(self):
+        if isinstance(self.init, str) and self.init.startswith(OFFICIAL + ":"):   # one spelling of one file
+            self.init = f"{OFFICIAL}:{Path(self.init.split(':', 1)[1]).expanduser().resolve()}"
         self.drop_loc = tuple(int(b) for b in self.drop_loc)
         self.protocol = dict(self.protocol or {})
         self.prune_options = dict(self.prune_options or {})
@@ -138,8 +142,28 @@ class TrainConfig:
 
     def hash(self) -> str:
         """Names the run's folder. A user-folder dataset adds its content fingerprint: a run trained before the
-        folder changed is never served for the changed folder."""
-        return config_hash(self, data=data_fingerprint(self.dataset, self.protocol))
+        folder changed is never served for the changed folder; an official checkpoint as init adds its sha256."""
+        data = data_fingerprint(self.dataset, self.protocol)
+        if (self.init or "").startswith(OFFICIAL + ":"):
+            data = {"data": data, "official_sha256": official_digest(self.init.split(":", 1)[1])}
+        return config_hash(self, data=data)
+
+
+_DIGESTS: dict = {}   # (path, size, mtime) -> sha256: a 350 MB checkpoint is read once per process
+
+
+def official_digest(path) -> str:
+    """sha256 of an official checkpoint file (init="official:<path>"): the run is named by what the file holds."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        key = (str(p), st.st_size, st.st_mtime_ns)
+        if key not in _DIGESTS:
+            with open(p, "rb") as f:
+                _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise CheckpointError(f"init=official:{path}: cannot read the checkpoint ({exc})") from None
+    return _DIGESTS[key]
 
 
 def validate(cfg: TrainConfig):
@@ -172,9 +196,11 @@ def validate(cfg: TrainConfig):
     need(isinstance(cfg.augment_while_shrinking, bool), "augment_while_shrinking", "True or False")
     need(cfg.freq_mask >= 0 and cfg.time_mask >= 0, "freq_mask", "mask widths >= 0")
     need(0 <= cfg.drop_path < 1, "drop_path", "a number in [0, 1)")
-    need(cfg.init is None or (isinstance(cfg.init, str) and cfg.init.split(":", 1)[0] in INIT_KINDS
+    need(cfg.init is None or (isinstance(cfg.init, str) and cfg.init.split(":", 1)[0] in INIT_KINDS + (OFFICIAL,)
                               and len(cfg.init.split(":", 1)) == 2), "init",
-         "None, 'mae:<hash>', 'run:<hash>' or 'transfer:<hash>'")
+         "None, 'mae:<hash>', 'run:<hash>', 'transfer:<hash>' or 'official:<checkpoint file>'")
+    need(not (cfg.init or "").startswith(OFFICIAL + ":") or (not cfg.qk_norm and cfg.layer_scale is None), "init",
+         "official checkpoints only for the stock blocks (qk_norm=False, layer_scale=None)")
     need(not (cfg.init or "").startswith("mae:") or cfg.family == "audiomae", "init",
          "MAE weights only for family='audiomae'")
     need(not (cfg.init or "").startswith("mae:") or (not cfg.qk_norm and cfg.layer_scale is None), "init",
@@ -269,6 +295,9 @@ def build_model(cfg: TrainConfig, num_classes: int):
     kind, ref = cfg.init.split(":", 1)
     if kind == "mae":
         load_encoder(model, zoo_root() / ref / "encoder.pt")
+        return model
+    if kind == OFFICIAL:   # the encoder; the classifier is this run's own
+        load_official_checkpoint(model, ref, cfg.family, head=False)
         return model
     parent = load_torch(_best_path(zoo_root() / ref))
     pc = parent["config"]

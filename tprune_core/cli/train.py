@@ -53,12 +53,15 @@ def add_parser(subparsers):
     p.add_argument("--protocol", nargs="*", metavar="KEY=VALUE", help="dataset protocol, e.g. test_fold=10")
     p.add_argument("--profile", default=None, choices=ZOO_PROFILES,
                    help="start from the zoo profile's settings for this family/dataset (then apply the flags)")
-    p.add_argument("--pretrained", default=None, metavar="release:NAME|mae|mae:HASH|run:HASH|transfer:HASH",
+    p.add_argument("--pretrained", default=None,
+                   metavar="release:NAME|mae|mae:HASH|run:HASH|transfer:HASH|official:PATH",
                    help="release:NAME: a model of the repository's release (zoo/full/manifest.json): release:mae "
                         "(the MAE encoder, --family audiomae) or release:FAMILY/DATASET/sSEED (a released classifier "
                         "of your --family, e.g. release:ast/speechcommands/s0: all but its head); mae: the zoo's "
                         "MAE encoder (pretrained first if missing); run:HASH: another run's weights; "
-                        "transfer:HASH: a run of another dataset, all but its head (position embeddings resized)")
+                        "transfer:HASH: a run of another dataset, all but its head (position embeddings resized); "
+                        "official:PATH: an official AST (16x16 patches, e.g. audioset_16_16_0.4422.pth) or AudioMAE "
+                        "checkpoint of your --family, all but its head (the run is named by the file's sha256)")
     p.add_argument("--prune-method", default=None, help="pruning-aware fine-tuning with this method (e.g. topk)")
     p.add_argument("--keep-rate", type=float, default=None, help="target keep rate of the shrink")
     p.add_argument("--drop-loc", type=drop_loc_arg, default=None, help="drop blocks, e.g. 3,6,9")
