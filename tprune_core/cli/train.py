@@ -274,6 +274,10 @@ def cmd_zoo(args):
     known = {"mae", "base", "prune", "control", "reverse"}
     if roles and not set(roles) <= known:
         raise ConfigError(f"--roles: {', '.join(sorted(set(roles) - known))} not among {', '.join(sorted(known))}")
+    from ..distributed import environment
+    if args.jobs > 1 and environment().active:   # worker processes would join torchrun's group a second time
+        raise ConfigError(f"--jobs {args.jobs}: under torchrun the {environment().size} processes train each run "
+                          "together; leave --jobs at 1")
     if args.action == "pack":
         added = zoo_mod.pack_release(args.profile, roles or release.RELEASED_ROLES, code_commit=args.code_commit)
         print(f"tprune zoo pack: {len(added)} model(s) added to {release.release_dir(args.profile)}")
