@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLAIN = dict(family="ast", frames=32, epochs=2, batch_size=8, lr=3e-4, warmup_epochs=0.5, threads=1, progress=False,
              drop_path=0.0, freq_mask=0, time_mask=0, label_smoothing=0.1, ckpt_every=3)
 # every random draw on: crops, SpecAugment, mixup, drop path, random pruning (seeded per rank)
-AUGMENTED = dict(PLAIN, data_frames=48, epochs=3, freq_mask=24, time_mask=8, mixup=0.2, drop_path=0.1,
+AUGMENTED = dict(PLAIN, data_frames=48, epochs=2, freq_mask=24, time_mask=8, mixup=0.2, drop_path=0.1,
                  prune_method="random", keep_rate=0.5, prune_hold_epochs=0.5, prune_shrink_epochs=1)
 CHILD = textwrap.dedent("""
     import os, signal, sys, json
