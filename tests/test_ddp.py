@@ -23,13 +23,13 @@ import torch
 from conftest import toy_set
 from tprune_core import distributed as D
 from tprune_core import train as T
-from tprune_core.errors import ConfigError
+from tprune_core.errors import CheckpointError, ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 PLAIN = dict(family="ast", frames=32, epochs=2, batch_size=8, lr=3e-4, warmup_epochs=0.5, threads=1, progress=False,
              drop_path=0.0, freq_mask=0, time_mask=0, label_smoothing=0.1, ckpt_every=3)
 # every random draw on: crops, SpecAugment, mixup, drop path, random pruning (seeded per rank)
-AUGMENTED = dict(PLAIN, data_frames=48, epochs=3, freq_mask=24, time_mask=8, mixup=0.2, drop_path=0.1,
+AUGMENTED = dict(PLAIN, data_frames=48, epochs=2, freq_mask=24, time_mask=8, mixup=0.2, drop_path=0.1,
                  prune_method="random", keep_rate=0.5, prune_hold_epochs=0.5, prune_shrink_epochs=1)
 CHILD = textwrap.dedent("""
     import os, signal, sys, json
@@ -181,3 +181,33 @@ def test_ddp_device_per_process(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             D._device_for("cuda", w)
+
+
+# ------------------------------------------------------------------------------------------- the README's recipe
+
+def test_official_checkpoint_init_takes_the_encoder_and_trains_its_own_head(tmp_path):
+    """``--pretrained official:PATH`` (the paper-scale recipe): an AST checkpoint of 7 classes into a 3-class run."""
+    from test_models import official_ast, official_audiomae
+    path = tmp_path / "audioset_16_16.pth"
+    ckpt = official_ast(num_classes=7)
+    torch.save(ckpt, path)
+    cfg = T.TrainConfig(family="ast", frames=32, init=f"official:{tmp_path}/../{tmp_path.name}/{path.name}")
+    assert cfg.init == f"official:{path}"   # one spelling of one file
+    model = T.build_model(cfg, 3)
+    assert torch.equal(model.state_dict()["blocks.3.attn.qkv.weight"], ckpt["module.v.blocks.3.attn.qkv.weight"])
+    assert model.head.weight.shape[0] == 3   # its own classifier
+    before = cfg.hash()
+    ckpt["module.v.blocks.0.norm1.bias"] += 1
+    torch.save(ckpt, path)
+    assert T.TrainConfig(family="ast", frames=32, init=f"official:{path}").hash() != before   # named by content
+    # AudioMAE's pretrained encoder: no classifier, a final `norm` that mean pooling leaves out
+    mae = official_audiomae()
+    state = {k: v for k, v in mae["model"].items() if not k.startswith(("head.", "fc_norm."))}
+    state.update({"norm.weight": torch.ones(192), "norm.bias": torch.zeros(192), "decoder_embed.weight": torch.ones(1)})
+    torch.save({"model": state}, tmp_path / "pretrained.pth")
+    enc = T.build_model(T.TrainConfig(family="audiomae", frames=48, init=f"official:{tmp_path}/pretrained.pth"), 3)
+    assert torch.equal(enc.state_dict()["blocks.11.mlp.fc2.bias"], state["blocks.11.mlp.fc2.bias"])
+    with pytest.raises(ConfigError, match="stock blocks"):
+        T.TrainConfig(family="ast", qk_norm=True, init=f"official:{path}")
+    with pytest.raises(CheckpointError, match="nope.pth"):
+        T.TrainConfig(family="ast", init=f"official:{tmp_path}/nope.pth").hash()

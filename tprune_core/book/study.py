@@ -34,6 +34,7 @@ from pathlib import Path
 
 from ..data.datasets import data_fingerprint, frames_for, is_builtin, load_dataset, seconds_of
 from ..errors import AudioError, ConfigError, counted
+from ..data.folders import LAYOUTS as FOLDER_LAYOUTS
 from ..fsio import atomic_write_json
 from ..rules import FAMILIES, ON_ERROR, PATCH
 from ..training import build, release, zoo
@@ -87,14 +88,14 @@ def study_name(folder: Path, name: str | None) -> str:
 
 def survey(path, seconds: float | None = None) -> dict:
     """What the loaders make of a folder: layout, classes, clips per split, clip length and the protocol the runs
-    use. Raises naming the problem (layout, a class missing from a split, ...) before anything is read."""
+    use. Raises naming the problem (layout, a class missing from a split, ...) before any audio is decoded."""
     folder = Path(path).expanduser().resolve()
     if not folder.is_dir():
         raise ConfigError(f"{path}: no such folder; expected a folder of your own audio (`tprune data check PATH` "
                           "says what it finds)")
     protocol = {} if seconds is None else {"seconds": float(seconds)}
     sets = {s: load_dataset(str(folder), split=s, **protocol) for s in ("train", "val", "test")}
-    if is_builtin(sets["train"].name) or sets["train"].layout not in _folder_layouts():
+    if is_builtin(sets["train"].name) or sets["train"].layout not in FOLDER_LAYOUTS:
         raise ConfigError(f"{folder}: a {sets['train'].name} folder (built-in layout {sets['train'].layout!r}); its "
                           "models are the zoo's own: run the chapters on it (`tprune run CHAPTER`)")
     for split, cs in sets.items():
@@ -107,11 +108,6 @@ def survey(path, seconds: float | None = None) -> dict:
     return {"folder": str(folder), "layout": sets["train"].layout, "classes": list(sets["train"].classes),
             "clips": {s: len(cs) for s, cs in sets.items()}, "seconds": secs, "seconds_how": how or "given",
             "frames": frames_for(secs), "protocol": protocol, "split": sets["train"].protocol.get("split", "")}
-
-
-def _folder_layouts():
-    from ..data.folders import LAYOUTS
-    return LAYOUTS
 
 
 def release_starts(seeds, release_profile: str = "full") -> dict:

@@ -51,12 +51,15 @@ def add_parser(subparsers):
     p.add_argument("--protocol", nargs="*", metavar="KEY=VALUE", help="dataset protocol, e.g. test_fold=10")
     p.add_argument("--profile", default=None, choices=ZOO_PROFILES,
                    help="start from the zoo profile's settings for this family/dataset (then apply the flags)")
-    p.add_argument("--pretrained", default=None, metavar="release:NAME|mae|mae:HASH|run:HASH|transfer:HASH",
+    p.add_argument("--pretrained", default=None,
+                   metavar="release:NAME|mae|mae:HASH|run:HASH|transfer:HASH|official:PATH",
                    help="release:NAME: a model of the repository's release (zoo/full/manifest.json): release:mae "
                         "(the MAE encoder, --family audiomae) or release:FAMILY/DATASET/sSEED (a released classifier "
                         "of your --family, e.g. release:ast/speechcommands/s0: all but its head); mae: the zoo's "
                         "MAE encoder (pretrained first if missing); run:HASH: another run's weights; "
-                        "transfer:HASH: a run of another dataset, all but its head (position embeddings resized)")
+                        "transfer:HASH: a run of another dataset, all but its head (position embeddings resized); "
+                        "official:PATH: an official AST (16x16 patches, e.g. audioset_16_16_0.4422.pth) or AudioMAE "
+                        "checkpoint of your --family, all but its head (the run is named by the file's sha256)")
     # every other TrainConfig field is a flag of its own, typed and explained by the field (training/config.py)
     fields = add_field_flags(p, TrainConfig, skip={"dataset", "on_error", "init"})
     p.epilog = ("Unset flags take the TrainConfig defaults (tprune_core/training/config.py), or the zoo profile's "
@@ -247,6 +250,10 @@ def cmd_zoo(args):
     known = {"mae", "base", "prune", "control", "reverse"}
     if roles and not set(roles) <= known:
         raise ConfigError(f"--roles: {', '.join(sorted(set(roles) - known))} not among {', '.join(sorted(known))}")
+    from ..training.distributed import environment
+    if args.jobs > 1 and environment().active:   # worker processes would join torchrun's group a second time
+        raise ConfigError(f"--jobs {args.jobs}: under torchrun the {environment().size} processes train each run "
+                          "together; leave --jobs at 1")
     if args.action == "pack":
         added = build.pack_release(args.profile, roles or release.RELEASED_ROLES, code_commit=args.code_commit)
         print(f"tprune zoo pack: {len(added)} model(s) added to {release.release_dir(args.profile)}")

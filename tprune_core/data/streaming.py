@@ -11,7 +11,7 @@ split as float32.
 
 The numbers are those of the in-memory path, bit for bit: both featurize through ``cache.clip_grids`` (same fbank,
 padding, float16 grid), the running sums behind the normalization statistics are added in the same clip order (a
-shard's part file carries them on), and a row is normalized with the same elementwise ``features.normalize``. So
+shard's part file carries them on), and a row is normalized with ``features.normalize``'s elementwise arithmetic. So
 whether a run streams is operational (``TrainConfig.stream`` is left out of the run hash), and a test compares the
 two paths with ``torch.equal`` (tests/test_streaming.py).
 
@@ -38,18 +38,18 @@ from ..fsio import atomic_write
 from .cache import (FeatureSet, _targets, clip_grids, featurize, feature_key, load_features, one_thread,
                     raw_feature_set, report_skipped)
 from .datasets import ClipSet
-from .features import normalize
 
 SHARD_BYTES = 256 * 2**20          # float16 rows per shard file: a 10 s AudioSet clip is 256 KiB, 1024 per shard
 STREAM_ABOVE_BYTES = 4 * 2**30     # auto: stream a split whose float32 features on this node would exceed this
 INDEX_VERSION = 1                  # bump when the shard layout changes
+READ_BYTES = 2**20                 # float16 rows read at a time into a normalized batch
 
 
 class ShardedRows:
     """A split's ``(N, frames, mel)`` features in shard files, read on indexing: an int gives one row, a slice, a
     list, an array or an int tensor a batch. Raw rows come back float16 (as ``cache.featurize`` holds them);
-    ``normalized(mean, std)`` gives the view that returns float32 ``features.normalize``d rows (as
-    ``cache.load_features``). Holds paths and numbers only: cheap to pickle into DataLoader workers."""
+    ``normalized(mean, std)`` gives the view that returns float32 rows normalized as ``features.normalize`` does
+    (as ``cache.load_features``). Holds paths and numbers only: cheap to pickle into DataLoader workers."""
 
     def __init__(self, folder, counts: list, frames: int, mel_bins: int, norm: tuple | None = None):
         self.folder, self.counts, self.norm = Path(folder), [int(c) for c in counts], norm
@@ -58,6 +58,8 @@ class ShardedRows:
         self.row_bytes = frames * mel_bins * 2
 
     def normalized(self, mean: float, std: float) -> "ShardedRows":
+        if not std > 0:
+            raise ConfigError(f"std={std}: expected a positive number")
         return ShardedRows(self.folder, self.counts, self.shape[1], self.shape[2], norm=(mean, std))
 
     def dim(self) -> int:
@@ -69,9 +71,10 @@ class ShardedRows:
     def __getitem__(self, key) -> torch.Tensor:
         single = isinstance(key, (int, np.integer)) or (torch.is_tensor(key) and key.dim() == 0)
         idx = self._indices(key)
-        x = torch.from_numpy(self._read(idx)).view(len(idx), *self.shape[1:])
-        if self.norm is not None:
-            x = normalize(x.float(), *self.norm)
+        x = self._read(idx).view(len(idx), *self.shape[1:])
+        if self.norm is not None:   # features.normalize's arithmetic, in place on the batch's one float32 copy
+            mean, std = self.norm
+            x = x.sub_(mean).div_(2 * std)
         return x[0] if single else x
 
     def _indices(self, key) -> np.ndarray:
@@ -88,10 +91,13 @@ class ShardedRows:
             raise IndexError(f"ShardedRows: index out of range for {n} rows ({self.folder})")
         return idx
 
-    def _read(self, idx: np.ndarray) -> np.ndarray:
-        """Rows ``idx`` as one (len(idx), frames * mel) float16 array: per shard file, one ``preadv`` per run of
-        consecutive rows (plain reads, not a memory map: pages read stay in the page cache, out of this process)."""
-        out = np.empty((len(idx), self.shape[1] * self.shape[2]), np.float16)
+    def _read(self, idx: np.ndarray) -> torch.Tensor:
+        """Rows ``idx`` as one (len(idx), frames * mel) tensor: float16 as stored, or float32 when normalized (read
+        through a small float16 buffer, so that a batch costs one allocation and the allocator reuses it batch after
+        batch). Per shard file, one ``preadv`` per run of consecutive rows: plain reads, not a memory map, so the
+        pages read stay in the page cache, out of this process's resident memory."""
+        out = torch.empty(len(idx), self.shape[1] * self.shape[2],
+                          dtype=torch.float16 if self.norm is None else torch.float32)
         shard = np.searchsorted(self.starts, idx, side="right") - 1
         for k in np.unique(shard):
             pos = np.nonzero(shard == k)[0]
@@ -102,11 +108,24 @@ class ShardedRows:
                 run = 0
                 for j in range(1, len(pos) + 1):   # a run ends where the next row is not the next on disk and out
                     if j == len(pos) or local[j] != local[j - 1] + 1 or pos[j] != pos[j - 1] + 1:
-                        _pread_into(fd, out[pos[run]:pos[j - 1] + 1], int(local[run]) * self.row_bytes, path)
+                        self._read_run(fd, out[pos[run]:pos[j - 1] + 1], int(local[run]), path)
                         run = j
             finally:
                 os.close(fd)
         return out
+
+    def _read_run(self, fd: int, out: torch.Tensor, first: int, path: Path):
+        """Consecutive rows from row ``first`` of an open shard into ``out``: straight in when it is float16, else
+        through a buffer of at most READ_BYTES (float16 -> float32 is exact, as ``Tensor.float``)."""
+        if out.dtype == torch.float16:
+            _pread_into(fd, out.numpy(), first * self.row_bytes, path)
+            return
+        step = max(1, READ_BYTES // self.row_bytes)
+        buf = np.empty((min(step, len(out)), out.shape[1]), np.float16)
+        for a in range(0, len(out), step):
+            rows = buf[:min(step, len(out) - a)]
+            _pread_into(fd, rows, (first + a) * self.row_bytes, path)
+            out[a:a + len(rows)].copy_(torch.from_numpy(rows))
 
 
 def _pread_into(fd: int, buf: np.ndarray, offset: int, path: Path):

@@ -246,10 +246,13 @@ def _crop_pos_embed(pos: torch.Tensor, model: AudioViT, mode: str) -> torch.Tens
 
 
 def load_official_checkpoint(model: AudioViT, checkpoint, family: str | None = None,
-                             strict: bool = True) -> AudioViT:
+                             strict: bool = True, head: bool = True) -> AudioViT:
     """Load an official AST or AudioMAE checkpoint (a path or a state dict) into ``model``.
 
     ``family`` (optional) states which layout the checkpoint has; it must match the model's.
+    ``head=False``: the encoder only, for a fine-tune on other classes (``TrainConfig.init="official:PATH"``): the
+    classifier starts fresh, and so does AudioMAE's pooling norm (``fc_norm``) when the checkpoint has none (its
+    pretrained encoder ends in ``norm``, which mean pooling leaves out; AudioMAE's own fine-tuning does the same).
     Raises CheckpointError naming missing and unexpected keys and every mismatched shape.
     """
     if family is not None and family != model.family:
@@ -263,7 +266,11 @@ def load_official_checkpoint(model: AudioViT, checkpoint, family: str | None = N
     filt = ast_checkpoint_filter if model.family == "ast" else audiomae_checkpoint_filter
     state = filt(checkpoint, model)
     own = model.state_dict()
-    missing = sorted(set(own) - set(state))
+    fresh = set()
+    if not head:
+        state = {k: v for k, v in state.items() if not k.startswith("head.") and (k in own or not k.startswith("norm."))}
+        fresh = {k for k in own if k.startswith("head.") or (k.startswith("fc_norm.") and k not in state)}
+    missing = sorted(set(own) - set(state) - fresh)
     unexpected = sorted(set(state) - set(own))
     shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
               for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
@@ -277,5 +284,5 @@ def load_official_checkpoint(model: AudioViT, checkpoint, family: str | None = N
     if problems:
         raise CheckpointError(f"{source} does not fit {model.family} "
                               f"({model.embed_dim}-dim, {len(model.blocks)} blocks): " + " | ".join(problems))
-    model.load_state_dict(state, strict=strict)
+    model.load_state_dict(state, strict=strict and head)
     return model

@@ -8,12 +8,15 @@ Field order does not enter a run's hash (``runtime.config_hash`` sorts the keys)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from .. import rules
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
+from ..fsio import sha256_file
 from ..rules import DEFAULT_DROP_LOC, ON_ERROR
 
 INIT_KINDS = ("mae", "run", "transfer")   # where a run's first weights come from (TrainConfig.init)
+OFFICIAL = "official"   # init="official:<path>": an official AST / AudioMAE checkpoint file, its encoder (not a run)
 
 
 def _help(text: str) -> dict:
@@ -82,7 +85,7 @@ class TrainConfig(Schedule):
     qk_norm: bool = field(default=False, metadata=_help("LayerNorm on queries and keys per head (timm qk_norm)"))
     layer_scale: float | None = field(default=None, metadata=_help(
         "LayerScale init value per residual branch (timm init_values; default off)"))
-    init: str | None = None              # None (from scratch) | "mae:<hash>" | "run:<hash>" | "transfer:<hash>"
+    init: str | None = None   # None (from scratch) | mae:<hash> | run:<hash> | transfer:<hash> | official:<path>
     teacher: str | None = field(default=None, metadata=_help(
         "run:HASH: hard-label distillation from a finished run of the same data (weight: --distill)"))
     distill: float = field(default=0.5, metadata=_help("weight of the teacher's labels in the loss"))
@@ -104,6 +107,8 @@ class TrainConfig(Schedule):
         "numbers); default: when a split's features would exceed 4 GiB in memory"))
 
     def __post_init__(self):
+        if isinstance(self.init, str) and self.init.startswith(OFFICIAL + ":"):   # one spelling of one file
+            self.init = f"{OFFICIAL}:{Path(self.init.split(':', 1)[1]).expanduser().resolve()}"
         self.drop_loc = tuple(int(b) for b in self.drop_loc)
         self.protocol = dict(self.protocol or {})
         self.prune_options = dict(self.prune_options or {})
@@ -124,10 +129,21 @@ class TrainConfig(Schedule):
 
     def hash(self) -> str:
         """Names the run's folder. A user-folder dataset adds its content fingerprint: a run trained before the
-        folder changed is never served for the changed folder."""
+        folder changed is never served for the changed folder; an official checkpoint as init adds its sha256."""
         from ..data.datasets import data_fingerprint
         from .runtime import config_hash
-        return config_hash(self, data=data_fingerprint(self.dataset, self.protocol))
+        data = data_fingerprint(self.dataset, self.protocol)
+        if (self.init or "").startswith(OFFICIAL + ":"):
+            data = {"data": data, "official_sha256": official_digest(self.init.split(":", 1)[1])}
+        return config_hash(self, data=data)
+
+
+def official_digest(path) -> str:
+    """sha256 of an official checkpoint file (init="official:<path>"): the run is named by what the file holds."""
+    try:
+        return sha256_file(path)
+    except OSError as exc:
+        raise CheckpointError(f"init=official:{path}: cannot read the checkpoint ({exc})") from None
 
 
 def validate(cfg: TrainConfig):
@@ -167,8 +183,10 @@ def validate(cfg: TrainConfig):
 
 def _check_init(cfg: TrainConfig, need) -> None:
     kind, _, ref = (cfg.init or "").partition(":")
-    need(cfg.init is None or (isinstance(cfg.init, str) and kind in INIT_KINDS and ref), "init",
-         "None, 'mae:<hash>', 'run:<hash>' or 'transfer:<hash>'")
+    need(cfg.init is None or (isinstance(cfg.init, str) and kind in INIT_KINDS + (OFFICIAL,) and ref), "init",
+         "None, 'mae:<hash>', 'run:<hash>', 'transfer:<hash>' or 'official:<checkpoint file>'")
+    need(kind != OFFICIAL or (not cfg.qk_norm and cfg.layer_scale is None), "init",
+         "official checkpoints only for the stock blocks (qk_norm=False, layer_scale=None)")
     need(kind != "mae" or cfg.family == "audiomae", "init", "MAE weights only for family='audiomae'")
     need(kind != "mae" or (not cfg.qk_norm and cfg.layer_scale is None), "init",
          "MAE weights only for the stock blocks (qk_norm=False, layer_scale=None): the MAE encoder has neither")

@@ -17,14 +17,13 @@ not match its manifest is an error naming the file, never a silent retrain.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
 import torch
 
 from ..errors import CheckpointError
-from ..fsio import atomic_write_json
+from ..fsio import atomic_write_json, sha256_file  # noqa: F401 (release.sha256_file)
 from ..paths import release_dir
 from ..source import code_version
 from .runtime import TRAIN_VERSION, read_json, save_atomic, zoo_root
@@ -54,14 +53,6 @@ def read_manifest(profile: str) -> dict:
 def released(profile: str) -> dict:
     """Run hash -> manifest record of every released model of a profile."""
     return {r["hash"]: r for r in read_manifest(profile)["models"]}
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def file_name(role: str, cfg) -> str:

@@ -55,10 +55,10 @@ from ..data.features import crop_frames
 from ..data.targets import criterion, hits, score_fields
 from ..errors import AudioError, CheckpointError, ConfigError, counted
 from ..nn import pruning
-from ..nn.models import create_model, transfer_filter
+from ..nn.models import create_model, load_official_checkpoint, transfer_filter
 from ..source import code_version
 from . import distributed
-from .config import INIT_KINDS, Schedule, TrainConfig, validate  # noqa: F401 (TrainConfig's home)
+from .config import INIT_KINDS, OFFICIAL, Schedule, TrainConfig, official_digest, validate  # noqa: F401
 from .evaluation import evaluate
 from .loop import Task, run_epochs
 from .mae import load_encoder
@@ -144,6 +144,9 @@ def build_model(cfg: TrainConfig, num_classes: int):
     kind, ref = cfg.init.split(":", 1)
     if kind == "mae":
         load_encoder(model, zoo_root() / ref / "encoder.pt")
+        return model
+    if kind == OFFICIAL:   # the encoder; the classifier is this run's own
+        load_official_checkpoint(model, ref, cfg.family, head=False)
         return model
     parent = load_torch(_best_path(zoo_root() / ref))
     pc = parent["config"]

@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import statistics
 from pathlib import Path
 
 from ..data.cache import cache_root
 from ..errors import ConfigError
+from ..fsio import sha256_file
 from ..rules import DEFAULT_DROP_LOC
 from . import release
 from .config import INIT_KINDS, TrainConfig
@@ -338,16 +338,9 @@ def model_name(role, family, dataset, method, keep_rate, seed) -> str:
     return f"{family}/{dataset}/{what}/s{seed}"
 
 
-_DIGESTS = {}   # (path, size, mtime_ns) -> sha256: chapters ask for the same files many times
-
-
 def checkpoint_digest(path) -> str:
-    """sha256 (hex) of a checkpoint file's bytes."""
-    st = os.stat(path)
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = release.sha256_file(path)
-    return _DIGESTS[key]
+    """sha256 (hex) of a checkpoint file's bytes (fsio.sha256_file: read once while the file is unchanged)."""
+    return sha256_file(path)
 
 
 def weights_sha256(entry: dict) -> str:
