@@ -19,6 +19,7 @@ from functools import partial
 import torch
 from torch import nn
 from torch.utils._python_dispatch import _get_current_dispatch_mode
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
 from ..errors import CheckpointError, ConfigError
@@ -227,13 +228,10 @@ def _crop_pos_embed(pos: torch.Tensor, model: AudioViT, mode: str) -> torch.Tens
     if grid.shape[1] % bands:
         raise CheckpointError(f"pos_embed: {grid.shape[1]} patch positions do not tile {bands} frequency bands")
     t_ckpt = grid.shape[1] // bands
-    if mode == "stretch":
-        # (1, n, dim) -> (1, dim, bands, t) so that interpolate works on the time axis alone
-        g = grid.reshape(1, bands, t_ckpt, dim) if ast else grid.reshape(1, t_ckpt, bands, dim).transpose(1, 2)
-        g = nn.functional.interpolate(g.permute(0, 3, 1, 2), size=(bands, t_model), mode="bilinear",
-                                      align_corners=False).permute(0, 2, 3, 1)   # (1, bands, t_model, dim)
-        g = g if ast else g.transpose(1, 2)
-        return torch.cat([prefix, g.reshape(1, -1, dim)], dim=1)
+    if mode == "stretch":   # timm's resampler, bilinear along the time axis alone (the band axis keeps its size)
+        old, new = ((bands, t_ckpt), (bands, t_model)) if ast else ((t_ckpt, bands), (t_model, bands))
+        return resample_abs_pos_embed(pos, new_size=list(new), old_size=list(old), num_prefix_tokens=p,
+                                      interpolation="bilinear", antialias=False, align_corners=False)
     if t_ckpt < t_model:
         raise CheckpointError(f"pos_embed: checkpoint has {t_ckpt} time patches, model needs {t_model}")
     # AST's own centre: t_ckpt // 2 - t_model // 2 (differs from (t_ckpt - t_model) // 2 for an odd t_model).
