@@ -207,9 +207,9 @@ def _ensure_mae(args, kw):
 
 
 def cmd_eval(args):
-    from ..data.cache import load_features
+    import dataclasses
     from ..training.evaluation import evaluate
-    from ..training.train import apply_run_pruning, load_checkpoint
+    from ..training.train import apply_run_pruning, load_checkpoint, load_split
 
     model, meta = load_checkpoint(args.checkpoint, args.device)
     cfg = TrainConfig.from_dict(meta["config"])
@@ -227,8 +227,9 @@ def cmd_eval(args):
         method_arg, keep = None, 1.0
     else:
         method_arg, keep = method, (0.5 if args.keep_rate is None else args.keep_rate)
-    fs = load_features(cfg.dataset, args.split, frames=cfg.data_frames or cfg.frames, mel_bins=cfg.mel,
-                       on_error=args.on_error or cfg.on_error, progress=not args.json, **cfg.protocol)
+    if args.on_error is not None:
+        cfg = dataclasses.replace(cfg, on_error=args.on_error)
+    fs = load_split(cfg, args.split, progress=not args.json)   # as the run read it (its norm, stream, protocol)
     result = evaluate(model, fs, method=method_arg, keep_rate=keep, drop_loc=args.drop_loc,
                       batch_size=args.batch_size, options=_pairs(args.option, "--option"), split=args.split)
     result.update(checkpoint=meta["path"], family=cfg.family, dataset=cfg.dataset, run=meta["hash"],
