@@ -62,8 +62,8 @@ def test_pack_writes_fp16_safetensors_and_a_complete_manifest(env):
 def test_a_reader_finds_every_released_model_without_training(env, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a released model was trained again")
-    monkeypatch.setattr(zoo, "_train_one", no_training)
-    monkeypatch.setattr(zoo, "_train_parallel", no_training)
+    monkeypatch.setattr(build, "_train_one", no_training)
+    monkeypatch.setattr(build, "_train_parallel", no_training)
     entries = build.build_zoo("smoke", progress=False, report=False, roles=ROLES)
     records = release.released("smoke")
     assert {e["hash"] for e in entries} == set(records) and all(e["trained"] for e in entries)

@@ -16,6 +16,7 @@ from conftest import REPO
 from tprune_core import release, results, study, zoo
 from tprune_core.cli import main
 from tprune_core.errors import ConfigError
+from tprune_core.training import build
 
 CLASSES = ("owl", "wren", "crow", "lark")
 TINY = {"dataset": {"epochs": 1}, "seeds": [0, 1],
@@ -219,7 +220,7 @@ def test_a_rerun_continues_and_trains_nothing_finished(studied, capsys, monkeypa
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
-    monkeypatch.setattr(zoo, "_train_one", no_training)
+    monkeypatch.setattr(build, "_train_one", no_training)
     out = study.run_study(studied["folder"], on_error="skip", overrides=overrides, jobs=1, book_profile="smoke",
                           root=studied["root"], chapters=["what-attention-sees"], progress=False)
     assert out["trained"] == 0 and "is current" in capsys.readouterr().err
