@@ -99,7 +99,12 @@ def test_the_estimate_counts_clip_epochs_and_is_printed_before_training(tmp_cach
     with monkeypatch.context() as m:
         m.setattr(study, "clip_epoch_cost", lambda profile: (lambda tokens: 0.01, "basis"))
         est = study.estimate(spec, plan, 2, ["pruning-tradeoffs"])
-    assert est["worker"] == pytest.approx((6 * study.MAX_EPOCHS + 24 * 2) * 32 * 0.01)
+    fractions = {}
+    for role, cfg in plan:
+        fractions.setdefault(role, set()).add(round(study.mac_fraction(cfg), 2))
+    assert fractions["base"] == fractions["control"] == {1.0} and all(0.6 < f < 0.9 for f in fractions["prune"])
+    assert est["worker"] == pytest.approx(sum(c.epochs * 32 * 0.01 * study.mac_fraction(c) for _, c in plan))
+    assert est["worker"] < (6 * study.MAX_EPOCHS + 24 * 2) * 32 * 0.01
     assert est["train"] == pytest.approx(est["worker"] / 2) and est["chapters"] > study.CHAPTER_OVERHEAD
     cost, basis = study.clip_epoch_cost("full")     # fitted to the release's own training records
     assert 0.001 < cost(48) < 0.1 and cost(200) > cost(48) and "release's" in basis
