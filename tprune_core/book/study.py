@@ -63,9 +63,10 @@ LEFT_OUT = {
     "speech-vs-general": "compares a speech dataset with a general-audio one: a study has one dataset",
     "counting-the-work": "counts MACs and times models of every size: no trained model and no data enter it",
 }
-# Test-split passes per base model a chapter makes (roughly: its settings at the full book profile), for the estimate.
+# Test-split passes per base model a chapter makes (counted from its settings at the full book profile, not yet
+# timed on a real folder), for the estimate.
 CHAPTER_PASSES = {"pruning-tradeoffs": 40, "what-attention-sees": 4, "intensity-buckets": 35}
-CHAPTER_OVERHEAD = 90  # s per chapter: kernel start, data loading, plots (measured: see the README)
+CHAPTER_OVERHEAD = 90  # s per chapter: kernel, data, plots (the tiny test study's took 36-109 s on a busy CPU)
 
 # Without a release record to measure from: 0.0173 s per training clip-epoch at 48 tokens (the release's Speech
 # Commands base runs, AMD EPYC, one thread per run beside another), growing as tokens^1.2 (its UrbanSound8K runs).
