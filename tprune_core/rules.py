@@ -157,8 +157,7 @@ def parse_drop_loc(text: str, depth: int | None = None) -> tuple[int, ...]:
         blocks = tuple(int(b) for b in str(text).replace(",", " ").split())
     except ValueError:
         raise ConfigError(f"drop_loc: expected block indices like 3,6,9, got {text!r}") from None
-    if not is_drop_loc(blocks, depth):
-        raise ConfigError(f"drop_loc: expected distinct block indices in 0..{depth - 1}, got {text!r}")
+    check_drop_loc(blocks, depth)
     return tuple(sorted(blocks))
 
 

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ..data.cache import cache_root
 from ..data.targets import score_fields
-from ..fsio import atomic_write, atomic_write_json
+from ..fsio import atomic_write, atomic_write_json, sha256_file
 from ..nn.models import patch_pixels
 from ..nn.pruning import PruneSettings, patched, record
 from ..rules import DEFAULT_DROP_LOC
@@ -36,11 +36,8 @@ def _digest(obj) -> str:
 
 
 def _file_digest(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:20]
+    """A checkpoint's sha256, cut to the 20 hex digits the cache keys have always used (fsio reads it once)."""
+    return sha256_file(path)[:20]
 
 
 def setting(method=None, keep_rate=1.0, drop_loc=DEFAULT_DROP_LOC, label=None, **options) -> dict:
