@@ -361,3 +361,12 @@ def test_real_clips_in_mixed_formats(tmp_cache, tmp_path, data_root, monkeypatch
         n = min(len(ref), int(fs.lengths[row]))
         r = np.corrcoef(ref[:n, :low].flatten().numpy(), got[:n, :low].flatten().numpy())[0, 1]
         assert r > 0.99, (cid, r)
+
+
+def test_clip_by_clip_warning_is_given_once_per_folder(tmp_path):
+    """Every run loads each split again: the ungrouped-split warning must not repeat for each load."""
+    folder = make_class_folders(tmp_path / "data", per_class=8)
+    with pytest.warns(UserWarning, match="drawn clip by clip") as seen:
+        for split in ("train", "val", "test", "train"):
+            load_dataset(folder, split=split)
+    assert sum("drawn clip by clip" in str(w.message) for w in seen) == 1

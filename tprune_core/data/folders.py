@@ -247,6 +247,9 @@ def _fraction(name, value) -> float:
     return value
 
 
+_WARNED_UNGROUPED = set()   # the clip-by-clip warnings already given in this process
+
+
 def _split(where, clips, parts, grouped, fractions, seed, val_fraction) -> tuple[dict, dict]:
     """train/val/test of `clips`, from the given `parts` (one split name or None per clip) or drawn."""
     unit = "by group" if grouped else "clip by clip, stratified by class"
@@ -283,10 +286,12 @@ def _split(where, clips, parts, grouped, fractions, seed, val_fraction) -> tuple
         train, val = carve_by_group(rest, fr[1] / (fr[0] + fr[1]), seed + 1)
         splits = {"train": train, "val": val, "test": test}
         drawn, proto = "train, val and test", dict(split=unit, fractions=list(fr), seed=seed)
-    if drawn and not grouped:
-        warnings.warn(f"{where}: {drawn} are drawn clip by clip (no group is known), so clips cut from one source "
-                      f"recording may land in two of them and flatter the accuracy; give a `group` column in "
-                      f"metadata.csv (or pre-split the folder) to prevent it")
+    message = (f"{where}: {drawn} are drawn clip by clip (no group is known), so clips cut from one source "
+               f"recording may land in two of them and flatter the accuracy; give a `group` column in "
+               f"metadata.csv (or pre-split the folder) to prevent it")
+    if drawn and not grouped and message not in _WARNED_UNGROUPED:
+        _WARNED_UNGROUPED.add(message)   # the splits are drawn again for every run and split: say it once
+        warnings.warn(message)
     assert_disjoint(str(where), splits)
     return splits, proto
 

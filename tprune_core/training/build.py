@@ -3,6 +3,7 @@ when ``jobs`` > 1; pack built runs into the release. What to build (the spec, th
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 
@@ -76,6 +77,19 @@ def _train_one(role, cfg) -> float:
     return time.perf_counter() - t
 
 
+def _exit_with_parent(parent: int, every: float = 2.0):
+    """Pool worker initializer: end this worker when the process that started it is gone. A parent killed
+    outright (SIGKILL, an OOM kill) runs no cleanup, and its workers would go on training unseen, holding the
+    cores; each run resumes from its last checkpoint, so ending mid-epoch loses at most that epoch."""
+    import threading
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(3)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _report_run(i, n, role, cfg, seconds):
     e = _entry(role, cfg)
     acc = f"  test acc {100 * e['test_accuracy']:.1f}%" if "test_accuracy" in e else ""
@@ -89,7 +103,8 @@ def _train_parallel(todo, done: set, jobs: int, n_plan: int, on_start=None, on_d
 
     waiting, running, finished = list(todo), {}, n_plan - len(todo)
     # spawn, not fork: a forked child inherits torch's thread pools and can deadlock in them
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         while waiting or running:
             for role, cfg in [rc for rc in waiting if set(_parents(rc[1])) <= done][:jobs - len(running)]:
                 waiting.remove((role, cfg))
