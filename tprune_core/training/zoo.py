@@ -473,12 +473,13 @@ def per_class_summary(entries: list) -> list:
 
 
 def format_summary(rows: list) -> str:
-    lines = [f"{'family':9s} {'dataset':15s} {'role':8s} {'keep':>5s} {'seeds':>5s} {'test acc':>15s} {'val acc':>7s} "
-             f"{'GMACs':>6s} {'train s':>7s}"]
+    """The zoo's accuracy table as text; a row's method (topk, random, mean ...) is named, or "-" when unpruned."""
+    lines = [f"{'family':9s} {'dataset':15s} {'role':8s} {'method':8s} {'keep':>5s} {'seeds':>5s} {'test acc':>15s} "
+             f"{'val acc':>7s} {'GMACs':>6s} {'train s':>7s}"]
     for r in rows:
-        lines.append(f"{r['family']:9s} {r['dataset']:15s} {r['role']:8s} {r['keep_rate']:5.2f} {r['n_seeds']:5d} "
-                     f"{100 * r['test_acc_mean']:6.1f} ± {100 * r['test_acc_std']:4.1f} % {100 * r['val_acc_mean']:6.1f}% "
-                     f"{r['test_gmacs']:6.3f} {r['train_seconds_mean']:7.0f}")
+        lines.append(f"{r['family']:9s} {r['dataset']:15s} {r['role']:8s} {r['method'] or '-':8s} {r['keep_rate']:5.2f} "
+                     f"{r['n_seeds']:5d} {100 * r['test_acc_mean']:6.1f} ± {100 * r['test_acc_std']:4.1f} % "
+                     f"{100 * r['val_acc_mean']:6.1f}% {r['test_gmacs']:6.3f} {r['train_seconds_mean']:7.0f}")
     return "\n".join(lines)
 
 
