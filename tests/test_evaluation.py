@@ -6,12 +6,13 @@ from conftest import toy_set
 from tprune_core.errors import ConfigError
 from tprune_core.evaluation import evaluate
 from tprune_core.models import create_model
-from tprune_core.pruning import is_pruned, settings
+from tprune_core.pruning import PruneSettings, first_drop_counts, is_pruned, settings
+from tprune_core.nn.models import patch_pixels
 
 
 def test_evaluate_shared_prefix_changes_nothing():
     """Settings evaluated with a shared prefix give the results of independent evaluations, and the prefix is
-    computed once per batch and first drop block."""
+    computed once per first drop block (for every clip)."""
     model = create_model("ast", "tiny", 32, 3)
     fs = toy_set(10, 3)
     shared = {}
@@ -20,7 +21,27 @@ def test_evaluate_shared_prefix_changes_nothing():
         alone = evaluate(model, fs, method, rate, loc, batch_size=4)
         reused = evaluate(model, fs, method, rate, loc, batch_size=4, shared=shared)
         assert reused == alone, method
-    assert sorted({k[-1] for k in shared}) == [3, 6] and len(shared) == 2 * 3     # 3 batches of 4 clips
+    assert sorted(k[-1] for k in shared) == [3, 6]
+    assert all(v.shape[0] == 10 for v in shared.values())     # every clip's tokens, computed once
+
+
+def test_bucket_drops_run_clips_sorted_by_count_and_report_them_in_feature_order():
+    """intensity_range pads a batch to its largest count, so clips run sorted by their kept count: the per-clip
+    results equal those of clips run one at a time (no padding), in feature order, with or without a shared prefix."""
+    torch.manual_seed(0)
+    model = create_model("audiomae", "tiny", 32, 3, depth=3, embed_dim=32, num_heads=2)
+    fs = toy_set(12, 3)
+    patch_means = patch_pixels(model, fs.x.float()).mean(-1)
+    opts = {"lo": float(patch_means.median()), "hi": 1e9}
+    sorted_run = evaluate(model, fs, "intensity_range", 1.0, (1,), batch_size=4, options=opts)
+    one_by_one = evaluate(model, fs, "intensity_range", 1.0, (1,), batch_size=1, options=opts)
+    assert sorted_run["correct_per_clip"] == one_by_one["correct_per_clip"]
+    assert sorted_run["gmacs_per_clip"] == pytest.approx(one_by_one["gmacs_per_clip"])
+    counts = first_drop_counts(model, fs.x.float(), PruneSettings("intensity_range", 1.0, (1,), opts))
+    assert counts.min() < counts.max()                       # the clips differ, so the order matters
+    reused = evaluate(model, fs, "intensity_range", 1.0, (1,), batch_size=4, options=opts, shared={})
+    assert reused["correct_per_clip"] == sorted_run["correct_per_clip"]
+    assert first_drop_counts(model, fs.x.float(), PruneSettings("topk", 0.5, (3, 6, 9))) is None   # fixed budgets: no order
 
 
 def test_evaluate_reports_macs_and_restores_model_state():

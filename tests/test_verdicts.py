@@ -468,6 +468,25 @@ def test_over_models_counts_only_testable_models():
         v.over_models({}, {}, "worse", claim="c", source="ours")
 
 
+def test_over_models_bound_judges_a_drop_under_the_tolerance_once_over_models():
+    """The fine-tuned cut claim: one cell per model (drop control - pruned), "< 1 pt" = below 0.01, one verdict."""
+    good, weak = v.testable([0.80, 0.82, 0.81], chance=0.1), v.testable([0.20, 0.35, 0.25], chance=0.1)
+    models = {("ast", "a"): good, ("mae", "a"): good, ("mae", "b"): weak}
+    under = {("ast", "a"): (0.002, -0.004, 0.006, 3), ("mae", "a"): (0.0, -0.003, 0.003, 3),
+             ("mae", "b"): (0.2, 0.15, 0.25, 3)}
+    row = v.over_models(models, under, "bound", side=-1, tolerance=v.PAPER_TOLERANCE, claim="c", source="paper")
+    assert row["verdict"] == "reproduced" and "left out" in row["evidence"]    # the weak model's loss is not counted
+    over = {**under, ("mae", "a"): (0.12, 0.10, 0.14, 3)}
+    assert v.over_models(models, over, "bound", side=-1, tolerance=0.01, claim="c", source="paper")["verdict"] == \
+        "inconclusive"                                                          # one under, one over: they disagree
+    both_over = {("ast", "a"): (0.05, 0.03, 0.07, 3), ("mae", "a"): (0.12, 0.10, 0.14, 3)}
+    assert v.over_models(models, both_over, "bound", side=-1, tolerance=0.01, claim="c", source="paper")[
+        "verdict"] == "contradicted"
+    wide = {("ast", "a"): (0.01, -0.05, 0.07, 3)}
+    assert v.over_models(models, wide, "bound", side=-1, tolerance=0.01, claim="c", source="paper")["verdict"] == \
+        "inconclusive"
+
+
 def test_over_models_primary_cell():
     good, weak = v.testable([0.80, 0.82, 0.81], chance=0.1), v.testable([0.20, 0.35, 0.25], chance=0.1)
     cells = {("ast", "a"): FLAT, ("ast", "b"): UP, ("mae", "a"): UP}

@@ -227,6 +227,9 @@ class PruningMethod:
     per_clip: bool = False           # keep counts differ between clips: no token schedule, no fullgraph compile
     patch_stat: str | None = None    # one of PATCH_STATS: computed per patch once per forward, in state.stat
     fuses: bool = False              # its first drop adds one token (evit_fuse's fused token), kept from then on
+    # per-clip methods whose first drop the input alone decides: ``first_counts(stat, options) -> (B,)`` patch tokens
+    # each clip keeps there (``stat`` the method's patch_stat); evaluation batches clips of similar counts together
+    first_counts: object = None
     options: frozenset = frozenset()
     check_options: object = None
     color: int | None = None         # the book's colour: index into plots' colour-blind palette
@@ -328,7 +331,7 @@ for _record in (
                   color=2),
     PruningMethod("tome", _SELECT + "select_tome", _EXTRA + "tome_macs", color=4),
     PruningMethod("intensity_range", _SELECT + "select_intensity_range", per_clip=True, patch_stat="mean",
-                  options={"keep_ranges", "lo", "hi", "matched", "seed"},
+                  options={"keep_ranges", "lo", "hi", "matched", "seed"}, first_counts=_SELECT + "in_range_counts",
                   check_options=_check_intensity_range_options, color=6),
     PruningMethod("adaptive", _SELECT + "select_adaptive", scored=True, per_clip=True, options={"mass"},
                   check_options=_check_adaptive_options, color=5),

@@ -27,8 +27,9 @@ from ..nn.models import patch_pixels
 from ..nn.pruning import PruneSettings, patched, record
 from ..rules import DEFAULT_DROP_LOC
 
-EVAL_VERSION = 4  # bump when evaluation results change for the same checkpoint and setting (3: random pruning draws
-# from an on-device hash; 4: results carry correct_per_clip)
+EVAL_VERSION = 5  # bump when evaluation results change for the same checkpoint and setting (3: random pruning draws
+# from an on-device hash; 4: results carry correct_per_clip; 5: bucket drops run clips sorted by kept count, which
+# changes the clips a matched random control draws beside)
 
 
 def _digest(obj) -> str:

@@ -45,7 +45,9 @@ VERDICT_RULE = (
     "declared before the numbers were seen, the verdict is that cell's alone, uncorrected; the other cells are "
     "shown but not counted. A claim of \"X% fewer MACs for < 1 point\" walks the keep rates down from 1.0: "
     "reproduced when every keep rate down to X% has its whole drop interval under the tolerance, contradicted when "
-    "one of them has its whole interval above it. A model whose unpruned accuracy is not clearly above chance "
+    "one of them has its whole interval above it; models fine-tuned with pruning at one keep rate near the claimed "
+    "cut are instead one cell each (drop under the tolerance) and combined by the Holm rule above. A model whose "
+    "unpruned accuracy is not clearly above chance "
     "(lower 95% bound under 3 x chance) makes its claims not testable here, never reproduced.")
 
 
@@ -642,14 +644,16 @@ def sign_claim(testability: Testability | None, per_cell_cis, expected_sign: int
 
 
 def over_models(testabilities: dict, cells: dict, kind: str, *, claim: str, source: str, where: str = "",
-                names=("A", "B"), expected_sign: int = +1, primary=None) -> dict:
+                names=("A", "B"), expected_sign: int = +1, primary=None, side: int = 1,
+                tolerance: float | None = None) -> dict:
     """One verdict for a claim judged on several models: ``cells`` maps a key (e.g. (family, dataset) or
     (family, dataset, keep rate)) to its interval, ``testabilities`` maps the same key, or its first
     ``len(model key)`` items, to the model's `Testability`. Only cells of testable models count; with none the
-    verdict is "not testable here". ``kind``: "better" (`better_claim`) or "sign" (`sign_claim`); ``primary``: the
-    key of a cell declared primary in advance (not testable here when its model is not)."""
-    if kind not in ("better", "sign"):
-        raise ConfigError(f"over_models: kind must be 'better' or 'sign', got {kind!r}")
+    verdict is "not testable here". ``kind``: "better" (`better_claim`), "sign" (`sign_claim`) or "bound" (the
+    quantity lies on ``side`` of ``tolerance``, e.g. a drop under 1 pt: `claim_from_cells`); ``primary``: the key
+    of a cell declared primary in advance (not testable here when its model is not)."""
+    if kind not in ("better", "sign", "bound"):
+        raise ConfigError(f"over_models: kind must be 'better', 'sign' or 'bound', got {kind!r}")
 
     def model_of(key):
         for k in (key, key[:2] if isinstance(key, tuple) else key):
@@ -668,6 +672,8 @@ def over_models(testabilities: dict, cells: dict, kind: str, *, claim: str, sour
         return claim_row(claim, source, NOT_TESTABLE, f"no model clearly above chance ({reasons})", where)
     if kind == "better":
         row = better_claim(None, kept, claim=claim, source=source, where=where, names=names, primary=primary)
+    elif kind == "bound":
+        row = claim_from_cells(None, kept, side, tolerance, claim=claim, source=source, where=where, primary=primary)
     else:
         row = sign_claim(None, kept, expected_sign, claim=claim, source=source, where=where, primary=primary)
     row["evidence"] += note

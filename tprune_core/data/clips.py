@@ -6,6 +6,7 @@ speaker, a video). `carve_by_group` / `split_by_group` split by whole groups, se
 every builder runs on its splits.
 """
 import csv
+import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,3 +108,13 @@ def missing_error(folder, listing, missing):
         return DatasetError(f"{folder}: 1 file listed in {listing} is missing: {missing[0]}")
     return DatasetError(f"{folder}: {counted(len(missing), 'file')} listed in {listing} are missing, "
                         f"e.g. {[str(m) for m in missing[:3]]}")
+
+
+def warn_classes_without_clips(where, absent: list, listing: str, note: str = "") -> None:
+    """One warning for the classes a fixed class list (``listing``: where it comes from) names but no clip has:
+    they are kept, so a model trained here has an output for each that never sees a clip."""
+    one = len(absent) == 1
+    shown = f"{absent[:10]}{' ...' if len(absent) > 10 else ''}"
+    warnings.warn(f"{where}: no clip of {counted(len(absent), 'class', 'classes')} of {listing}, {shown}; "
+                  f"{'it is' if one else 'they are'} kept, so a model trained here has {'an output' if one else 'outputs'}"
+                  f" for {'it' if one else 'them'} that never {'sees' if one else 'see'} a clip{note}")

@@ -57,7 +57,7 @@ from ..paths import data_root
 from ..rules import DATA_SPLITS as SPLITS
 from . import folders
 from .clips import (AUDIO_EXT, Clip, assert_disjoint, carve_by_group, find_audio, missing_error, read_csv,
-                    split_by_group)
+                    split_by_group, warn_classes_without_clips)
 from .synth import SYNTH_FLAVOURS, SYNTH_RATE, SYNTH_VERSION, SynthRenderer
 
 # Extra Speech Commands training speakers (v0.01 clips, no speaker of the v0.02 test list), beside the test copy.
@@ -263,12 +263,8 @@ def _classes_from(rows, id_col, name_col, path, official=None) -> list:
             raise DatasetError(f"{path}: class ids {wrong} do not match the official ids "
                                f"{dict(enumerate(official))}")
         absent = [official[i] for i in range(len(official)) if i not in names]
-        if absent:
-            one = len(absent) == 1
-            warnings.warn(f"{path}: no clip of {'class' if one else 'classes'} {absent}; "
-                          f"{'its official id is' if one else 'their official ids are'} kept, so a model trained "
-                          f"here has {'an output' if one else 'outputs'} for {'it' if one else 'them'} that never "
-                          f"{'sees' if one else 'see'} a clip")
+        if absent:   # official ids are never renumbered
+            warn_classes_without_clips(path, absent, "the official list")
         return list(official)
     if sorted(names) != list(range(len(names))):
         raise DatasetError(f"{path}: class ids {sorted(names)} are not 0..{len(names) - 1}")

@@ -286,12 +286,13 @@ def _split(where, clips, parts, grouped, fractions, seed, val_fraction) -> tuple
         train, val = carve_by_group(rest, fr[1] / (fr[0] + fr[1]), seed + 1)
         splits = {"train": train, "val": val, "test": test}
         drawn, proto = "train, val and test", dict(split=unit, fractions=list(fr), seed=seed)
-    message = (f"{where}: {drawn} are drawn clip by clip (no group is known), so clips cut from one source "
-               f"recording may land in two of them and flatter the accuracy; give a `group` column in "
-               f"metadata.csv (or pre-split the folder) to prevent it")
-    if drawn and not grouped and message not in _WARNED_UNGROUPED:
-        _WARNED_UNGROUPED.add(message)   # the splits are drawn again for every run and split: say it once
-        warnings.warn(message)
+    if drawn and not grouped:
+        message = (f"{where}: {drawn} are drawn clip by clip (no group is known), so clips cut from one source "
+                   f"recording may land in two of them and flatter the accuracy; give a `group` column in "
+                   f"metadata.csv (or pre-split the folder) to prevent it")
+        if message not in _WARNED_UNGROUPED:
+            _WARNED_UNGROUPED.add(message)   # the splits are drawn again for every run and split: say it once
+            warnings.warn(message)
     assert_disjoint(str(where), splits)
     return splits, proto
 

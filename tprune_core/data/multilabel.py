@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DatasetError, counted
-from .clips import AUDIO_EXT, Clip, read_csv
+from .clips import AUDIO_EXT, Clip, read_csv, warn_classes_without_clips
 
 LAYOUTS = {
     "multilabel": "metadata.csv with columns file,labels[,split][,group], labels separated by ';' "
@@ -117,11 +117,7 @@ def classes_of(rows: list, index: ClassIndex | None, where) -> list:
         return sorted(used)
     absent = [n for n in index.names if n not in used]
     if absent:
-        one = len(absent) == 1
-        warnings.warn(f"{where}: no clip of {counted(len(absent), 'class', 'classes')} of {index.path.name}, e.g. "
-                      f"{absent[:5]}; {'it is' if one else 'they are'} kept, so the model has "
-                      f"{'an output' if one else 'outputs'} for {'it' if one else 'them'} (mAP skips classes without "
-                      f"a positive clip)")
+        warn_classes_without_clips(where, absent, index.path.name, " (mAP skips classes without a positive clip)")
     return list(index.names)
 
 

@@ -45,7 +45,7 @@ from .models import patch_pixels
 __all__ = ["METHODS", "FUSED_POSITION", "PADDING_POSITION", "PruneSettings", "LastForward", "PruneRecord",
            "apply_pruning", "remove_pruning", "patched", "set_keep_rate", "is_pruned", "settings", "last_forward",
            "call_count", "set_call_count", "record", "hidden_before", "forward_from", "kept_count", "tome_rounds",
-           "keep_highest"]
+           "keep_highest", "first_drop_counts"]
 
 FUSED_POSITION = -1                             # provenance of evit_fuse's extra token
 PADDING_POSITION = -2                           # LastForward.positions: no token here (per-clip methods pad)
@@ -357,6 +357,24 @@ def _keep_per_clip(st: PruneState, x, keep: torch.Tensor):
     if bool(st.valid.all()):
         st.valid = None
     return st.keep(x, idx)
+
+
+def in_range_counts(stat: torch.Tensor, options: dict) -> torch.Tensor:
+    """(B,) patches of each clip that intensity_range keeps at its first drop (and its matched control draws)."""
+    return _in_range(stat, options).sum(1)
+
+
+def first_drop_counts(model, x: torch.Tensor, settings: PruneSettings) -> torch.Tensor | None:
+    """(B,) patch tokens each clip keeps at the first drop when the input alone decides it (``first_counts`` of the
+    method's record, e.g. intensity_range), else None. A per-clip batch is padded to its largest count, so
+    ``evaluate`` batches clips of similar counts together: one UrbanSound8K bucket drop that keeps about half the
+    tokens otherwise costs as much as the unpruned model."""
+    spec = pruning_method(settings.method)
+    if spec.first_counts is None:
+        return None
+    pixels = patch_pixels(model, x)
+    stat = pixels.std(dim=-1) if spec.patch_stat == "std" else pixels.mean(dim=-1)
+    return load_function(spec.first_counts)(stat, settings.options)
 
 
 def _in_range(stat: torch.Tensor, options: dict) -> torch.Tensor:

@@ -21,7 +21,8 @@ from ..data.features import crop_frames   # also importable from here, its old h
 from ..data.targets import hits, is_multilabel, multilabel_metrics
 from ..errors import ConfigError
 from ..nn.macs import model_macs
-from ..nn.pruning import PruneSettings, forward_from, hidden_before, last_forward, patched, settings
+from ..nn.pruning import (PruneSettings, first_drop_counts, forward_from, hidden_before, last_forward, patched,
+                          settings)
 from ..rules import DEFAULT_DROP_LOC
 from .runtime import autocast
 
@@ -34,7 +35,10 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=DEFAULT_DROP_
     ``method=None`` evaluates the model as it is (patched or not); a method patches it for the call and puts the
     previous state back afterwards. Clips longer than the model's input are cut to their first ``model.frames``.
     ``shared``: a dict that calls over the same model, features, batch size and precision pass along; the unpruned
-    blocks before the first drop location are then computed once per batch and reused (same numbers).
+    blocks before the first drop location are then computed once per clip and reused (same numbers where the
+    batches are the same; it holds every clip's tokens at that block, so its memory grows with the split).
+    A per-clip method whose counts the input decides (intensity_range) runs clips sorted by count, so that padding
+    to a batch's largest count wastes little; per-clip results come back in feature order.
     """
     x_all, y_all = features.x, torch.as_tensor(features.y)
     if x_all.dim() != 3 or x_all.shape[2] != model.mel:
@@ -50,21 +54,21 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=DEFAULT_DROP_
         state = settings(model)
         model.eval()
         try:
+            order = None if setting is None else _similar_counts_order(model, x_all, setting, device)
             bar = tqdm(range(0, len(x_all), batch_size), desc="evaluating", unit="batch", leave=False,
                        disable=not progress, file=sys.stderr)
-            # blocks before the first drop are unpruned: with ``shared`` they run once per batch for all settings
+            # blocks before the first drop are unpruned: with ``shared`` they run once per clip for all settings
             start = min(state.drop_loc) if (shared is not None and method is not None) else 0
             for i in bar:
-                x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
+                rows = slice(i, i + batch_size) if order is None else order[i:i + batch_size]
+                x = crop_frames(x_all[rows].float(), model.frames, random=False).to(device)
                 with autocast(device, precision):
                     if start > 0:
-                        key = (id(features), i, batch_size, precision, start)
-                        if key not in shared:
-                            shared[key] = hidden_before(model, x, start)
-                        logits = forward_from(model, x, shared[key], start)
+                        prefix = _shared_prefix(shared, model, features, start, batch_size, precision, device)
+                        logits = forward_from(model, x, prefix[rows], start)
                     else:
                         logits = model(x)
-                y = y_all[i:i + batch_size]
+                y = y_all[rows]
                 if scores is not None:
                     correct += hits(logits, y)
                     scores.append(logits.float().cpu())
@@ -90,13 +94,50 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=DEFAULT_DROP_
            "split": split if split is not None else getattr(features, "split", None) or None,
            "n_empty": empty}
     if scores is not None:
-        out.update(multilabel_metrics(torch.cat(scores), y_all))
+        out.update(multilabel_metrics(_in_feature_order(torch.cat(scores), order), y_all))
     else:   # per-class accuracy = correct / clips (a class with no test clip has 0 clips)
         out.update(per_class_correct=per_class[0].tolist(), per_class_clips=per_class[1].tolist())
         # per clip, row-aligned with the features ("1" right, "0" wrong): for intervals over test clips
-        out["correct_per_clip"] = "".join("1" if r else "0" for r in torch.cat(right_all).tolist())
+        right = _in_feature_order(torch.cat(right_all), order).tolist()
+        out["correct_per_clip"] = "".join("1" if r else "0" for r in right)
     if tokens:
         out["tokens_per_block"] = torch.cat(tokens).mean(0).tolist()
+    return out
+
+
+def _similar_counts_order(model, x_all, setting: PruneSettings, device) -> torch.Tensor | None:
+    """Clip order for a per-clip method whose kept counts the input decides (``pruning.first_drop_counts``): by
+    count, so each batch is padded to little more than its own clips' counts; None keeps the feature order. Results
+    are put back in feature order; only a random draw (matched controls) depends on which clips share a batch."""
+    counts = []
+    for i in range(0, len(x_all), 256):
+        x = crop_frames(x_all[i:i + 256].float(), model.frames, random=False).to(device)
+        c = first_drop_counts(model, x, setting)
+        if c is None:
+            return None
+        counts.append(c.cpu())
+    return torch.argsort(torch.cat(counts), stable=True)
+
+
+def _shared_prefix(shared: dict, model, features, start: int, batch_size: int, precision: str, device):
+    """The tokens entering block ``start`` for every clip of ``features`` (unpruned blocks 0..start-1, computed in
+    feature-order batches once per model, features, batch size, precision and start), rows in feature order."""
+    key = (id(features), batch_size, precision, start)
+    if key not in shared:
+        x_all, parts = features.x, []
+        for i in range(0, len(x_all), batch_size):
+            x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
+            with autocast(device, precision):
+                parts.append(hidden_before(model, x, start))
+        shared[key] = torch.cat(parts)
+    return shared[key]
+
+
+def _in_feature_order(values: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    if order is None:
+        return values
+    out = torch.empty_like(values)
+    out[order] = values
     return out
 
 
