@@ -561,3 +561,17 @@ def test_a_dataset_the_zoo_has_no_models_of_is_refused_before_running(capsys):
     assert not list((REPO / "book" / "reruns").glob("pruning-tradeoffs-*.ipynb"))
     code = main(["run", "pruning-tradeoffs", "-p", "families", '["deit"]', "--profile", "smoke"])
     assert code == 2 and "family 'deit': zoo profile 'smoke' has no models of it" in capsys.readouterr().err
+
+
+def test_the_committed_findings_state_every_paper_claim_once_in_the_four_outcome_vocabulary():
+    """results/ as committed: one row per paper claim (a claim tested over many models is one verdict with its
+    correction, not a row per model), and only reproduced / contradicted / inconclusive / not testable here."""
+    from collections import Counter
+    from pathlib import Path
+    from tprune_core.analyses.verdicts import VERDICTS
+    rows = book.collect_findings(Path(__file__).resolve().parents[1] / "results")
+    assert rows, "no findings committed"
+    paper = Counter(r["claim"] for r in rows if r["source"] == "paper")
+    assert paper and max(paper.values()) == 1, [c for c, n in paper.items() if n > 1]
+    assert not [c for c in paper if c.endswith(("speechcommands)", "urbansound8k)"))]   # no per-model copies
+    assert {r["verdict"] for r in rows} <= set(VERDICTS)

@@ -70,7 +70,7 @@ def test_the_spec_plans_both_families_three_seeds_from_the_release_and_no_mae(tm
     records = release.released("full")
     mae = next(h for h, r in records.items() if r["role"] == "mae")
     for (family, seed), cfg in base.items():
-        assert cfg.dataset == str(folder.resolve()) and cfg.epochs == study.MAX_EPOCHS   # 8000 / 32 clips, capped
+        assert cfg.dataset == str(folder.resolve()) and cfg.epochs == study.MAX_EPOCHS   # CLIP_EPOCHS / 32 clips, capped
         kind, parent = cfg.init.split(":")
         if family == "audiomae":
             assert (kind, parent) == ("mae", mae)
