@@ -43,8 +43,9 @@ FORMAT = "tprune-study/1"
 PREFIX = zoo.STUDY_PREFIX
 
 # Base-model epochs = CLIP_EPOCHS / training clips, within [MIN_EPOCHS, MAX_EPOCHS]. Sized so that a folder of
-# ~2,000 clips (~1,400 training clips of 1 s: 4 epochs) trains its 30 runs in under 20 min on 2 cores (the
-# estimate's basis below), leaving ~10 min of the issue's 30 for the chapters. Fine-tunes keep ZOO["full"]'s 2 epochs.
+# ~2,000 clips (~1,400 training clips of 1 s: 4 epochs) trains its 30 runs in under 20 min on 2 cores, leaving ~10
+# min of the issue's 30 for the chapters (digits folder, AMD EPYC, idle: 13.9 min, 25 worker-minutes; the estimate
+# below, from the release's own run times, says 19). Fine-tunes keep ZOO["full"]'s 2 epochs.
 CLIP_EPOCHS = 5500
 MIN_EPOCHS, MAX_EPOCHS = 3, 30
 MAX_SECONDS = 4.0      # the longest input the zoo trains (UrbanSound8K, 400 frames); longer clips: --seconds
@@ -63,10 +64,14 @@ LEFT_OUT = {
     "speech-vs-general": "compares a speech dataset with a general-audio one: a study has one dataset",
     "counting-the-work": "counts MACs and times models of every size: no trained model and no data enter it",
 }
-# Test-split passes per base model a chapter makes (counted from its settings at the full book profile, not yet
-# timed on a real folder), for the estimate.
+# Test-split passes per base model a chapter makes (counted from its settings at the full book profile), for the
+# estimate.
 CHAPTER_PASSES = {"pruning-tradeoffs": 40, "what-attention-sees": 4, "intensity-buckets": 35}
-CHAPTER_OVERHEAD = 90  # s per chapter: kernel, data, plots (the tiny test study's took 36-109 s on a busy CPU)
+CHAPTER_OVERHEAD = 45  # s per chapter: kernel, data, plots
+# A test-split pass costs this fraction of a training clip-epoch per clip: no backward pass, bf16, two threads. On
+# the digits folder (2,000 spoken keywords, 6 base models, 319 test clips of 56 tokens; AMD EPYC, idle) the
+# chapters took 125 s + 46 s against 171 s + 57 s estimated with it, 15 min with the earlier third.
+PASS_FRACTION = 1 / 16
 
 # Without a release record to measure from: 0.0173 s per training clip-epoch at 48 tokens (the release's Speech
 # Commands base runs, AMD EPYC, one thread per run beside another), growing as tokens^1.2 (its UrbanSound8K runs).
@@ -276,15 +281,15 @@ def mac_fraction(cfg) -> float:
 
 def estimate(spec: dict, todo: list, jobs: int, chapters) -> dict:
     """Seconds the study will take: training (clip-epochs of the runs still to train x the cost per clip-epoch,
-    over ``jobs`` runs at a time) and chapters (test-split passes x a third of that cost per clip, plus a fixed
-    overhead each), with the basis in words."""
+    over ``jobs`` runs at a time) and chapters (test-split passes x ``PASS_FRACTION`` of that cost per clip, plus
+    a fixed overhead each), with the basis in words."""
     cost, basis = clip_epoch_cost(spec["release"]["release"])
     clips = spec["survey"]["clips"]
     worker = sum(cfg.epochs * clips["train"] * cost(_tokens(cfg)) * mac_fraction(cfg) for _, cfg in todo)
     n_base = len(spec["zoo"]["families"]) * len(spec["zoo"]["seeds"])
     tokens = spec["survey"]["frames"] // PATCH * (spec["zoo"]["family_overrides"]["ast"]["mel"] // PATCH)
-    chapter_s = sum(CHAPTER_OVERHEAD + CHAPTER_PASSES.get(c, 10) * n_base * clips["test"] * cost(tokens) / 3
-                    for c in chapters)
+    chapter_s = sum(CHAPTER_OVERHEAD + CHAPTER_PASSES.get(c, 10) * n_base * clips["test"] * cost(tokens)
+                    * PASS_FRACTION for c in chapters)
     train_s = worker / max(1, min(jobs, len(todo) or 1))
     return {"train": train_s, "worker": worker, "chapters": chapter_s, "total": train_s + chapter_s,
             "basis": basis}
@@ -317,8 +322,8 @@ def describe_plan(spec: dict, plan: list, todo: list, est: dict, jobs: int, chap
         f"  estimate: training {est['train'] / 60:.0f} min ({est['worker'] / 60:.0f} worker-min over {jobs} "
         f"job(s)), chapters {est['chapters'] / 60:.0f} min, total about {est['total'] / 60:.0f} min on an idle "
         f"machine like the basis' (slower where other work shares the cores)",
-        f"  basis: {est['basis']}; pruned fine-tunes at their share of the MACs; chapters: test-split passes at a third of "
-        f"that per clip + {CHAPTER_OVERHEAD} s each",
+        f"  basis: {est['basis']}; pruned fine-tunes at their share of the MACs; chapters: test-split passes at "
+        f"1/{round(1 / PASS_FRACTION)} of that per clip + {CHAPTER_OVERHEAD} s each",
     ]
     return "\n".join(lines)
 
