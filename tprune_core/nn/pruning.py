@@ -178,8 +178,7 @@ class PruneState:
         self.positions = torch.arange(n, device=x.device).expand(b, n)
         self.stat = None   # (B, n) the method's patch statistic (``patch_stat``), following the kept tokens
         if self.spec.patch_stat is not None:
-            pixels = patch_pixels(model, x)
-            self.stat = pixels.std(dim=-1) if self.spec.patch_stat == "std" else pixels.mean(dim=-1)
+            self.stat = _patch_stat(model, x, self.spec.patch_stat)
         self.sizes = None  # tome: (B, n) patches merged into each token, from its first drop on
         self.fused = 0   # 1 once evit_fuse has made its extra token (it sits right after the prefix tokens)
         self.valid = None  # per-clip methods in a batch: (B, n) which patch tokens are real, not padding
@@ -372,9 +371,13 @@ def first_drop_counts(model, x: torch.Tensor, settings: PruneSettings) -> torch.
     spec = pruning_method(settings.method)
     if spec.first_counts is None:
         return None
+    return load_function(spec.first_counts)(_patch_stat(model, x, spec.patch_stat), settings.options)
+
+
+def _patch_stat(model, x: torch.Tensor, stat: str) -> torch.Tensor:
+    """(B, n) a method's ``patch_stat`` ("mean" or "std") of the input patch under every patch token."""
     pixels = patch_pixels(model, x)
-    stat = pixels.std(dim=-1) if spec.patch_stat == "std" else pixels.mean(dim=-1)
-    return load_function(spec.first_counts)(stat, settings.options)
+    return pixels.std(dim=-1) if stat == "std" else pixels.mean(dim=-1)
 
 
 def _in_range(stat: torch.Tensor, options: dict) -> torch.Tensor:

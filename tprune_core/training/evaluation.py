@@ -61,7 +61,7 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=DEFAULT_DROP_
             start = min(state.drop_loc) if (shared is not None and method is not None) else 0
             for i in bar:
                 rows = slice(i, i + batch_size) if order is None else order[i:i + batch_size]
-                x = crop_frames(x_all[rows].float(), model.frames, random=False).to(device)
+                x = _model_input(model, x_all[rows], device)
                 with autocast(device, precision):
                     if start > 0:
                         prefix = _shared_prefix(shared, model, features, start, batch_size, precision, device)
@@ -105,14 +105,18 @@ def evaluate(model, features, method=None, keep_rate=1.0, drop_loc=DEFAULT_DROP_
     return out
 
 
+def _model_input(model, x: torch.Tensor, device) -> torch.Tensor:
+    """Clips as the model reads them: float, their first ``model.frames`` frames, on ``device``."""
+    return crop_frames(x.float(), model.frames, random=False).to(device)
+
+
 def _similar_counts_order(model, x_all, setting: PruneSettings, device) -> torch.Tensor | None:
     """Clip order for a per-clip method whose kept counts the input decides (``pruning.first_drop_counts``): by
     count, so each batch is padded to little more than its own clips' counts; None keeps the feature order. Results
     are put back in feature order; only a random draw (matched controls) depends on which clips share a batch."""
     counts = []
     for i in range(0, len(x_all), 256):
-        x = crop_frames(x_all[i:i + 256].float(), model.frames, random=False).to(device)
-        c = first_drop_counts(model, x, setting)
+        c = first_drop_counts(model, _model_input(model, x_all[i:i + 256], device), setting)
         if c is None:
             return None
         counts.append(c.cpu())
@@ -126,9 +130,8 @@ def _shared_prefix(shared: dict, model, features, start: int, batch_size: int, p
     if key not in shared:
         x_all, parts = features.x, []
         for i in range(0, len(x_all), batch_size):
-            x = crop_frames(x_all[i:i + batch_size].float(), model.frames, random=False).to(device)
             with autocast(device, precision):
-                parts.append(hidden_before(model, x, start))
+                parts.append(hidden_before(model, _model_input(model, x_all[i:i + batch_size], device), start))
         shared[key] = torch.cat(parts)
     return shared[key]
 
